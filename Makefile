@@ -1,0 +1,44 @@
+# Genbox — everything a newcomer or CI needs, from a fresh clone.
+#   make run    API + Celery worker on the embedded defaults (SQLite, local files, filesystem broker)
+#   make test   the test suite on PostgreSQL, Redis and an S3 endpoint over HTTP (moto)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+export PYTHONPATH := $(CURDIR)/backend
+
+.PHONY: help install run migrate worker test lint clean
+
+help:
+	@echo "make run     start the API on http://127.0.0.1:$(PORT)/ with a Celery worker (embedded defaults)"
+	@echo "make test    run the tests against PostgreSQL, Redis and S3 (moto server)"
+	@echo "make lint    ruff"
+	@echo "make clean   remove var/ (local database, media, broker) — keeps .venv"
+
+# The virtual environment, rebuilt when a requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: $(STAMP)
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	DEBUG=$${DEBUG:-true} bash scripts/run.sh $(PORT)
+
+worker: $(STAMP)
+	DEBUG=$${DEBUG:-true} $(BIN)/celery -A config worker --loglevel=INFO
+
+test: $(STAMP)
+	bash scripts/test.sh $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check backend tests
+
+clean:
+	rm -rf var staticfiles .pytest_cache

@@ -1,0 +1,68 @@
+from django import forms
+from django.contrib import admin
+from django.db.models import Count
+
+from .models import AIModel, AIProvider
+
+
+def mask_secret(value: str) -> str:
+    """Show that a key is set without showing it: the last four characters of a long key, nothing of a short one."""
+    if not value:
+        return "not set"
+    return f"set (…{value[-4:]})" if len(value) >= 16 else "set"
+
+
+class AIProviderForm(forms.ModelForm):
+    """The API key is write-only: never rendered back, kept when the field is left empty."""
+
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. Leave empty to keep the current key.",
+    )
+    clear_api_key = forms.BooleanField(required=False, label="Remove the stored API key")
+
+    class Meta:
+        model = AIProvider
+        fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "is_active", "settings"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("clear_api_key"):
+            cleaned["api_key"] = ""
+        elif not cleaned.get("api_key") and self.instance.pk:
+            cleaned["api_key"] = AIProvider.objects.filter(pk=self.instance.pk).values_list("api_key", flat=True)[0]
+        return cleaned
+
+
+@admin.register(AIProvider)
+class AIProviderAdmin(admin.ModelAdmin):
+    form = AIProviderForm
+    list_display = ["name", "kind", "base_url", "key", "is_active", "model_count"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "base_url"]
+    readonly_fields = ["key", "created_at", "updated_at"]
+
+    def get_fields(self, request, obj=None):
+        return ["name", "kind", "base_url", "key", "api_key", "clear_api_key", "is_active", "settings",
+                "created_at", "updated_at"]
+
+    @admin.display(description="API key")
+    def key(self, provider: AIProvider) -> str:
+        return mask_secret(provider.api_key)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(model_count=Count("models"))
+
+    @admin.display(ordering="model_count", description="models")
+    def model_count(self, provider: AIProvider) -> int:
+        return provider.model_count
+
+
+@admin.register(AIModel)
+class AIModelAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "provider", "model_type", "api_endpoint", "is_active"]
+    list_filter = ["model_type", "is_active", "provider"]
+    search_fields = ["name", "api_endpoint"]
+    list_select_related = ["provider"]
+    readonly_fields = ["created_at", "updated_at"]

@@ -1,0 +1,71 @@
+from django.db import models
+
+from .parameters import validate_parameters_schema, validate_request_schema
+
+
+class AIProvider(models.Model):
+    """A service that generates media: an external API (Kie.ai) or a local server (ComfyUI, A1111, …).
+
+    ``api_key`` is a secret: write-only in the admin, never serialized by the API, never logged.
+    """
+
+    class Kind(models.TextChoices):
+        KIE = "kie", "Kie.ai"
+        COMFYUI = "comfyui", "ComfyUI"
+        A1111 = "a1111", "AUTOMATIC1111 / Forge"
+        KANDINSKY = "kandinsky", "Kandinsky 2.2 service"
+        OPENAI = "openai", "OpenAI-compatible"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices, help_text="Which adapter speaks to this provider.")
+    base_url = models.URLField(max_length=500)
+    api_key = models.CharField(max_length=500, blank=True)
+    is_active = models.BooleanField(default=True)
+    settings = models.JSONField(default=dict, blank=True, help_text="Adapter options as a JSON object.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "AI provider"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if not isinstance(self.settings, dict):
+            raise ValidationError({"settings": "Must be a JSON object, e.g. {} or {\"timeout\": 30}."})
+
+
+class AIModel(models.Model):
+    """One model of a provider, described as data.
+
+    ``request_schema`` is the provider's request body with ``<<var>>`` placeholders; ``parameters_schema``
+    describes and validates the options a user may pass in ``generation_config``.
+    """
+
+    class ModelType(models.TextChoices):
+        IMAGE = "IMAGE", "Image"
+        VIDEO = "VIDEO", "Video"
+        TEXT = "TEXT", "Text"
+
+    provider = models.ForeignKey(AIProvider, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=200)
+    model_type = models.CharField(max_length=10, choices=ModelType.choices)
+    api_endpoint = models.CharField(max_length=500, help_text="Path of the submit endpoint, relative to the provider's base URL.")
+    request_schema = models.JSONField(default=dict, validators=[validate_request_schema])
+    parameters_schema = models.JSONField(default=dict, blank=True, validators=[validate_parameters_schema])
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__name", "name"]
+        verbose_name = "AI model"
+        constraints = [models.UniqueConstraint(fields=["provider", "name"], name="aimodel_unique_name_per_provider")]
+        indexes = [models.Index(fields=["is_active", "model_type"], name="aimodel_active_type_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name} / {self.name}"

@@ -20,6 +20,7 @@ class AIProviderForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Write-only. Leave empty to keep the current key.",
     )
+    base_url = forms.URLField(max_length=500, assume_scheme="https")
     clear_api_key = forms.BooleanField(required=False, label="Remove the stored API key")
 
     class Meta:

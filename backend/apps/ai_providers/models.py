@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from .parameters import validate_parameters_schema, validate_request_schema
@@ -33,8 +34,6 @@ class AIProvider(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         if not isinstance(self.settings, dict):
             raise ValidationError({"settings": "Must be a JSON object, e.g. {} or {\"timeout\": 30}."})
 
@@ -55,8 +54,8 @@ class AIModel(models.Model):
     name = models.CharField(max_length=200)
     model_type = models.CharField(max_length=10, choices=ModelType.choices)
     api_endpoint = models.CharField(max_length=500, help_text="Path of the submit endpoint, relative to the provider's base URL.")
-    request_schema = models.JSONField(default=dict, validators=[validate_request_schema])
-    parameters_schema = models.JSONField(default=dict, blank=True, validators=[validate_parameters_schema])
+    request_schema = models.JSONField(default=dict)
+    parameters_schema = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -69,3 +68,15 @@ class AIModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider.name} / {self.name}"
+
+    def clean(self) -> None:
+        # Checked here rather than as field validators: those are skipped for "empty" values like [] and {}.
+        errors = {}
+        for field, validate in (("request_schema", validate_request_schema),
+                                ("parameters_schema", validate_parameters_schema)):
+            try:
+                validate(getattr(self, field))
+            except ValidationError as exc:
+                errors[field] = exc.messages
+        if errors:
+            raise ValidationError(errors)

@@ -1,9 +1,8 @@
 import factory
-from django.contrib.auth import get_user_model
-
 from apps.ai_providers.models import AIModel, AIProvider
 from apps.assets.models import Asset
 from apps.boxes.models import Box
+from django.contrib.auth import get_user_model
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -62,5 +61,7 @@ class AIModelFactory(factory.django.DjangoModelFactory):
     api_endpoint = "/api/v1/jobs/createTask"
     request_schema = factory.LazyFunction(lambda: {"model": "google/nano-banana", "input": {"prompt": "<<prompt>>"}})
     parameters_schema = factory.LazyFunction(
-        lambda: {"aspect_ratio": {"type": "select", "label": "Aspect ratio", "default": "1:1", "options": ["1:1", "16:9"]}}
+        lambda: {
+            "aspect_ratio": {"type": "select", "label": "Aspect ratio", "default": "1:1", "options": ["1:1", "16:9"]}
+        }
     )

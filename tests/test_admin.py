@@ -3,10 +3,10 @@
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
-
 from apps.ai_providers.models import AIModel, AIProvider
 from apps.assets.models import Asset
+from django.contrib.auth import get_user_model
+
 from tests import media_samples as samples
 from tests.factories import AIModelFactory, AIProviderFactory, AssetFactory, BoxFactory
 
@@ -76,8 +76,14 @@ def test_provider_key_is_masked_and_never_rendered(staff):
 
 
 def _provider_form(provider, **changes):
-    data = {"name": provider.name, "kind": provider.kind, "base_url": provider.base_url, "api_key": "",
-            "is_active": "on", "settings": "{}"}
+    data = {
+        "name": provider.name,
+        "kind": provider.kind,
+        "base_url": provider.base_url,
+        "api_key": "",
+        "is_active": "on",
+        "settings": "{}",
+    }
     data.update(changes)
     return data
 
@@ -85,8 +91,10 @@ def _provider_form(provider, **changes):
 def test_saving_a_provider_with_an_empty_key_field_keeps_the_key(staff):
     provider = AIProviderFactory(api_key=SECRET)
 
-    response = staff.post(f"/admin/ai_providers/aiprovider/{provider.id}/change/",
-                          _provider_form(provider, base_url="https://kie.example.test"))
+    response = staff.post(
+        f"/admin/ai_providers/aiprovider/{provider.id}/change/",
+        _provider_form(provider, base_url="https://kie.example.test"),
+    )
 
     assert response.status_code == 302
     provider.refresh_from_db()
@@ -109,16 +117,24 @@ def test_a_new_key_replaces_the_old_one_and_clearing_removes_it(staff):
 def test_provider_settings_must_be_an_object(staff):
     provider = AIProviderFactory()
 
-    response = staff.post(f"/admin/ai_providers/aiprovider/{provider.id}/change/",
-                          _provider_form(provider, settings="[1, 2]"))
+    response = staff.post(
+        f"/admin/ai_providers/aiprovider/{provider.id}/change/", _provider_form(provider, settings="[1, 2]")
+    )
 
     assert response.status_code == 200
     assert "Must be a JSON object" in response.content.decode()
 
 
 def _model_form(provider, **changes):
-    data = {"provider": provider.id, "name": "veo", "model_type": "VIDEO", "api_endpoint": "/api/v1/veo/generate",
-            "request_schema": '{"prompt": "<<prompt>>"}', "parameters_schema": "{}", "is_active": "on"}
+    data = {
+        "provider": provider.id,
+        "name": "veo",
+        "model_type": "VIDEO",
+        "api_endpoint": "/api/v1/veo/generate",
+        "request_schema": '{"prompt": "<<prompt>>"}',
+        "parameters_schema": "{}",
+        "is_active": "on",
+    }
     data.update(changes)
     return data
 
@@ -126,8 +142,12 @@ def _model_form(provider, **changes):
 def test_admin_creates_a_model_with_valid_json(staff):
     provider = AIProviderFactory()
 
-    response = staff.post("/admin/ai_providers/aimodel/add/", _model_form(
-        provider, parameters_schema='{"duration": {"type": "select", "options": ["5", "10"], "default": "5"}}'))
+    response = staff.post(
+        "/admin/ai_providers/aimodel/add/",
+        _model_form(
+            provider, parameters_schema='{"duration": {"type": "select", "options": ["5", "10"], "default": "5"}}'
+        ),
+    )
 
     assert response.status_code == 302
     assert AIModel.objects.get(name="veo").parameters_schema["duration"]["default"] == "5"
@@ -153,8 +173,10 @@ def test_admin_rejects_invalid_model_json(staff, field, value, message):
 
 
 def test_provider_kind_must_be_known(staff):
-    response = staff.post("/admin/ai_providers/aiprovider/add/", {
-        "name": "X", "kind": "magic", "base_url": "https://x.test", "settings": "{}"})
+    response = staff.post(
+        "/admin/ai_providers/aiprovider/add/",
+        {"name": "X", "kind": "magic", "base_url": "https://x.test", "settings": "{}"},
+    )
 
     assert response.status_code == 200
     assert not AIProvider.objects.exists()

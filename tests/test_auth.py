@@ -7,7 +7,8 @@ pytestmark = pytest.mark.django_db
 
 def test_token_endpoint_returns_a_token_that_authenticates(client, user):
     response = client.post(
-        "/api/auth/token/", {"username": user.username, "password": "correct horse battery staple"},
+        "/api/auth/token/",
+        {"username": user.username, "password": "correct horse battery staple"},
         content_type="application/json",
     )
 
@@ -18,8 +19,9 @@ def test_token_endpoint_returns_a_token_that_authenticates(client, user):
 
 
 def test_token_endpoint_rejects_a_wrong_password(client, user):
-    response = client.post("/api/auth/token/", {"username": user.username, "password": "nope"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/auth/token/", {"username": user.username, "password": "nope"}, content_type="application/json"
+    )
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid"

@@ -1,7 +1,6 @@
 import pytest
-from django.core.files.storage import default_storage
-
 from config.celery import app as celery_app
+from django.core.files.storage import default_storage
 
 pytestmark = pytest.mark.django_db
 
@@ -13,7 +12,10 @@ def test_health_is_200_when_database_broker_and_storage_answer(client):
     body = response.json()
     assert body["status"] == "ok"
     assert {name: check["ok"] for name, check in body["checks"].items()} == {
-        "database": True, "broker": True, "storage": True}
+        "database": True,
+        "broker": True,
+        "storage": True,
+    }
 
 
 def test_health_is_503_naming_the_broker_when_it_is_down(client, monkeypatch):

@@ -5,8 +5,15 @@ from django.core.management import call_command
 pytestmark = pytest.mark.django_db
 
 API_PATHS = {
-    "/api/auth/token/", "/api/boxes/", "/api/boxes/{id}/", "/api/boxes/{box_id}/assets/",
-    "/api/boxes/{box_id}/upload/", "/api/assets/{id}/", "/api/ai-models/", "/api/ai-models/{id}/", "/api/health/",
+    "/api/auth/token/",
+    "/api/boxes/",
+    "/api/boxes/{id}/",
+    "/api/boxes/{box_id}/assets/",
+    "/api/boxes/{box_id}/upload/",
+    "/api/assets/{id}/",
+    "/api/ai-models/",
+    "/api/ai-models/{id}/",
+    "/api/health/",
 }
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PRINT_DATABASE_ENGINE = (
+    "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
+)
 
 
 def load_settings(**env_overrides) -> subprocess.CompletedProcess:
@@ -15,8 +18,11 @@ def load_settings(**env_overrides) -> subprocess.CompletedProcess:
     env.update(env_overrides)
     env["PYTHONPATH"] = str(ROOT / "backend")
     return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"],
-        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"}, capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-c", PRINT_DATABASE_ENGINE],
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -29,8 +35,13 @@ def test_production_without_secret_key_refuses_to_start():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("DEBUG", "maybe"), ("GENBOX_UPLOAD_MAX_BYTES", "lots"), ("GENBOX_IMAGE_MAX_SIDE", "0"),
-     ("DATABASE_URL", "nosuchdb://x"), ("PUBLIC_BASE_URL", "example.com")],
+    [
+        ("DEBUG", "maybe"),
+        ("GENBOX_UPLOAD_MAX_BYTES", "lots"),
+        ("GENBOX_IMAGE_MAX_SIDE", "0"),
+        ("DATABASE_URL", "nosuchdb://x"),
+        ("PUBLIC_BASE_URL", "example.com"),
+    ],
 )
 def test_bad_values_name_the_variable(variable, value):
     result = load_settings(**{"SECRET_KEY": "x", variable: value})

@@ -3,14 +3,13 @@
 import logging
 import time
 
+from apps.assets.storage import check_storage
 from django.db import connection
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
-
-from apps.assets.storage import check_storage
 
 from .celery import app as celery_app
 
@@ -29,10 +28,14 @@ def check_broker() -> None:
 
 CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage}
 
-_result = inline_serializer("HealthCheck", {"ok": serializers.BooleanField(), "ms": serializers.FloatField(),
-                                            "error": serializers.CharField(required=False)})
-_health = inline_serializer("Health", {"status": serializers.ChoiceField(choices=["ok", "unavailable"]),
-                                       "checks": serializers.DictField(child=_result)})
+_result = inline_serializer(
+    "HealthCheck",
+    {"ok": serializers.BooleanField(), "ms": serializers.FloatField(), "error": serializers.CharField(required=False)},
+)
+_health = inline_serializer(
+    "Health",
+    {"status": serializers.ChoiceField(choices=["ok", "unavailable"]), "checks": serializers.DictField(child=_result)},
+)
 
 
 class HealthView(APIView):
@@ -54,4 +57,6 @@ class HealthView(APIView):
                 checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
             checks[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
         healthy = all(result["ok"] for result in checks.values())
-        return Response({"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503)
+        return Response(
+            {"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503
+        )

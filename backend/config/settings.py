@@ -155,8 +155,11 @@ USE_TZ = True
 # --- Static files and media storage ------------------------------------------------------------------
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "staticfiles"  # filled by `manage.py collectstatic` (the Docker image does it)
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT = BASE_DIR / "staticfiles"  # filled by `manage.py collectstatic` (the Docker image does it)
+try:
+    STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every start when it is missing
+except OSError:
+    pass
 WHITENOISE_USE_FINDERS = True  # serve app static files (admin, API docs) even before collectstatic
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
@@ -170,6 +173,8 @@ if USE_S3:
     AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="") or None
     AWS_S3_REGION_NAME = env.str("AWS_S3_REGION_NAME", default="") or None
     AWS_S3_CUSTOM_DOMAIN = env.str("AWS_S3_CUSTOM_DOMAIN", default="") or None
+    # Where clients reach the bucket when that differs from where the backend does (MinIO in compose).
+    AWS_S3_PUBLIC_ENDPOINT_URL = env.str("AWS_S3_PUBLIC_ENDPOINT_URL", default="") or None
     _s3_options = {
         "bucket_name": AWS_STORAGE_BUCKET_NAME,
         "endpoint_url": AWS_S3_ENDPOINT_URL,

@@ -1,3 +1,6 @@
+from apps.ai_providers.api import AIModelDetailView, AIModelListView
+from apps.assets.api import AssetDetailView, BoxAssetListView, BoxUploadView
+from apps.boxes.api import BoxDetailView, BoxListCreateView
 from django.conf import settings
 from django.contrib import admin
 from django.core.files.storage import default_storage
@@ -6,10 +9,6 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
-
-from apps.ai_providers.api import AIModelDetailView, AIModelListView
-from apps.assets.api import AssetDetailView, BoxAssetListView, BoxUploadView
-from apps.boxes.api import BoxDetailView, BoxListCreateView
 
 from .health import HealthView
 
@@ -26,7 +25,6 @@ api = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
-
 
 
 def serve_media(request, path: str):

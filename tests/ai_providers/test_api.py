@@ -13,10 +13,15 @@ def test_lists_active_models_with_provider_type_and_parameters(api):
     body = api.get("/api/ai-models/").json()
 
     assert body["count"] == 1
-    assert body["results"] == [{
-        "id": model.id, "name": "nano-banana", "provider": model.provider.name, "model_type": "IMAGE",
-        "parameters_schema": model.parameters_schema,
-    }]
+    assert body["results"] == [
+        {
+            "id": model.id,
+            "name": "nano-banana",
+            "provider": model.provider.name,
+            "model_type": "IMAGE",
+            "parameters_schema": model.parameters_schema,
+        }
+    ]
 
 
 def test_model_listing_never_exposes_keys_urls_or_the_raw_request(api):

@@ -1,7 +1,6 @@
 import pytest
-from django.core.exceptions import ValidationError
-
 from apps.ai_providers.parameters import validate_parameters_schema, validate_request_schema
+from django.core.exceptions import ValidationError
 
 
 def messages(schema) -> str:
@@ -11,13 +10,15 @@ def messages(schema) -> str:
 
 
 def test_a_complete_schema_is_accepted():
-    validate_parameters_schema({
-        "aspect_ratio": {"type": "select", "label": "Aspect", "default": "16:9", "options": ["16:9", "9:16"]},
-        "duration": {"type": "integer", "default": 8, "min": 4, "max": 8, "required": False},
-        "guidance": {"type": "number", "min": 0, "max": 20.5},
-        "watermark": {"type": "boolean", "default": False},
-        "style": {"type": "string", "max": 100, "description": "free text"},
-    })
+    validate_parameters_schema(
+        {
+            "aspect_ratio": {"type": "select", "label": "Aspect", "default": "16:9", "options": ["16:9", "9:16"]},
+            "duration": {"type": "integer", "default": 8, "min": 4, "max": 8, "required": False},
+            "guidance": {"type": "number", "min": 0, "max": 20.5},
+            "watermark": {"type": "boolean", "default": False},
+            "style": {"type": "string", "max": 100, "description": "free text"},
+        }
+    )
     validate_parameters_schema({})
 
 

@@ -1,8 +1,8 @@
 """Asset listing, filtering, detail and the isolation rule."""
 
 import pytest
-
 from apps.assets.models import Asset
+
 from tests.factories import AIModelFactory, AssetFactory, BoxFactory
 
 pytestmark = pytest.mark.django_db
@@ -59,8 +59,13 @@ def test_asset_detail_shows_generation_fields(api, box):
     parent = AssetFactory(box=box, source="UPLOAD", status="COMPLETED")
     model = AIModelFactory()
     asset = AssetFactory(
-        box=box, parent_asset=parent, ai_model=model, status="FAILED", external_task_id="task-123",
-        error_message="Kie.ai: insufficient credits (402)", generation_config={"duration": "8"},
+        box=box,
+        parent_asset=parent,
+        ai_model=model,
+        status="FAILED",
+        external_task_id="task-123",
+        error_message="Kie.ai: insufficient credits (402)",
+        generation_config={"duration": "8"},
     )
 
     body = api.get(f"/api/assets/{asset.id}/").json()

@@ -4,10 +4,10 @@ import hashlib
 
 import httpx
 import pytest
+from apps.assets.models import Asset
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from apps.assets.models import Asset
 from tests import media_samples as samples
 
 pytestmark = pytest.mark.django_db
@@ -146,8 +146,9 @@ def test_upload_into_another_users_box_is_404_and_stores_nothing(stranger_api, b
 
 
 def test_upload_into_a_missing_box_is_404(api):
-    response = api.post("/api/boxes/999999/upload/", {"file": SimpleUploadedFile("a.png", samples.png_bytes())},
-                        format="multipart")
+    response = api.post(
+        "/api/boxes/999999/upload/", {"file": SimpleUploadedFile("a.png", samples.png_bytes())}, format="multipart"
+    )
 
     assert response.status_code == 404
 
@@ -181,8 +182,10 @@ def test_local_file_storage_serves_uploads_under_media(api, box, settings, tmp_p
     settings.USE_S3 = False
     settings.STORAGES = {
         **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                    "OPTIONS": {"location": str(tmp_path), "base_url": "/media/"}},
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path), "base_url": "/media/"},
+        },
     }
     content = samples.jpeg_bytes(30, 20)
 
@@ -194,3 +197,13 @@ def test_local_file_storage_serves_uploads_under_media(api, box, settings, tmp_p
     served = api.get(body["file_url"].removeprefix("http://testserver"))
     assert served.status_code == 200
     assert b"".join(served.streaming_content) == content
+
+
+def test_presigned_urls_use_the_public_endpoint_when_it_differs(api, box, bucket, settings):
+    """In docker compose the backend reaches MinIO as http://minio:9000, clients as http://localhost:9000."""
+    settings.AWS_S3_PUBLIC_ENDPOINT_URL = "http://files.example.test:9000"
+
+    file_url = upload(api, box, samples.png_bytes(), name="a.png").json()["file_url"]
+
+    assert file_url.startswith(f"http://files.example.test:9000/{settings.AWS_STORAGE_BUCKET_NAME}/boxes/")
+    assert "X-Amz-Signature=" in file_url

@@ -45,8 +45,18 @@ class AIProviderAdmin(admin.ModelAdmin):
     readonly_fields = ["key", "created_at", "updated_at"]
 
     def get_fields(self, request, obj=None):
-        return ["name", "kind", "base_url", "key", "api_key", "clear_api_key", "is_active", "settings",
-                "created_at", "updated_at"]
+        return [
+            "name",
+            "kind",
+            "base_url",
+            "key",
+            "api_key",
+            "clear_api_key",
+            "is_active",
+            "settings",
+            "created_at",
+            "updated_at",
+        ]
 
     @admin.display(description="API key")
     def key(self, provider: AIProvider) -> str:

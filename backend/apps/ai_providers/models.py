@@ -35,7 +35,7 @@ class AIProvider(models.Model):
 
     def clean(self) -> None:
         if not isinstance(self.settings, dict):
-            raise ValidationError({"settings": "Must be a JSON object, e.g. {} or {\"timeout\": 30}."})
+            raise ValidationError({"settings": 'Must be a JSON object, e.g. {} or {"timeout": 30}.'})
 
 
 class AIModel(models.Model):
@@ -53,7 +53,9 @@ class AIModel(models.Model):
     provider = models.ForeignKey(AIProvider, on_delete=models.CASCADE, related_name="models")
     name = models.CharField(max_length=200)
     model_type = models.CharField(max_length=10, choices=ModelType.choices)
-    api_endpoint = models.CharField(max_length=500, help_text="Path of the submit endpoint, relative to the provider's base URL.")
+    api_endpoint = models.CharField(
+        max_length=500, help_text="Path of the submit endpoint, relative to the provider's base URL."
+    )
     request_schema = models.JSONField(default=dict)
     parameters_schema = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)
@@ -72,8 +74,10 @@ class AIModel(models.Model):
     def clean(self) -> None:
         # Checked here rather than as field validators: those are skipped for "empty" values like [] and {}.
         errors = {}
-        for field, validate in (("request_schema", validate_request_schema),
-                                ("parameters_schema", validate_parameters_schema)):
+        for field, validate in (
+            ("request_schema", validate_request_schema),
+            ("parameters_schema", validate_parameters_schema),
+        ):
             try:
                 validate(getattr(self, field))
             except ValidationError as exc:

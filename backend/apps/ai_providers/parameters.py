@@ -42,7 +42,7 @@ def _parameter_errors(name: str, spec: Any) -> list[str]:
     if not _NAME.match(name):
         return [f"'{name}': a parameter name must be letters, digits and underscores, not starting with a digit."]
     if not isinstance(spec, dict):
-        return [f"'{name}': must be an object like {{\"type\": \"string\"}}."]
+        return [f'\'{name}\': must be an object like {{"type": "string"}}.']
     errors = []
     unknown = sorted(set(spec) - PARAMETER_KEYS)
     if unknown:

@@ -12,8 +12,13 @@ def _preview(asset: Asset, size: int):
         return "—"
     if asset.asset_type == Asset.AssetType.VIDEO:
         return format_html('<video src="{}" width="{}" controls preload="metadata" muted></video>', url, size)
-    return format_html('<a href="{}" target="_blank"><img src="{}" style="max-width:{}px;max-height:{}px" alt=""></a>',
-                       url, url, size, size)
+    return format_html(
+        '<a href="{}" target="_blank"><img src="{}" style="max-width:{}px;max-height:{}px" alt=""></a>',
+        url,
+        url,
+        size,
+        size,
+    )
 
 
 @admin.register(Asset)
@@ -26,12 +31,24 @@ class AssetAdmin(admin.ModelAdmin):
     raw_id_fields = ["box", "parent_asset", "ai_model"]
     date_hierarchy = "created_at"
     readonly_fields = [
-        "preview", "file", "mime_type", "file_size", "width", "height", "sha256",
-        "created_at", "started_at", "finished_at", "updated_at",
+        "preview",
+        "file",
+        "mime_type",
+        "file_size",
+        "width",
+        "height",
+        "sha256",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
     ]
     fieldsets = [
         (None, {"fields": ["box", "asset_type", "source", "status", "prompt_text", "preview"]}),
-        ("Generation", {"fields": ["ai_model", "parent_asset", "generation_config", "external_task_id", "error_message"]}),
+        (
+            "Generation",
+            {"fields": ["ai_model", "parent_asset", "generation_config", "external_task_id", "error_message"]},
+        ),
         ("File", {"fields": ["file", "mime_type", "file_size", "width", "height", "sha256", "metadata"]}),
         ("Timeline", {"fields": ["created_at", "started_at", "finished_at", "updated_at"]}),
     ]

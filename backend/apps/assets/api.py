@@ -22,9 +22,27 @@ class AssetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Asset
         fields = [
-            "id", "box", "asset_type", "source", "status", "prompt_text", "ai_model", "parent_asset",
-            "generation_config", "external_task_id", "file_url", "mime_type", "file_size", "width", "height",
-            "sha256", "error_message", "metadata", "created_at", "started_at", "finished_at",
+            "id",
+            "box",
+            "asset_type",
+            "source",
+            "status",
+            "prompt_text",
+            "ai_model",
+            "parent_asset",
+            "generation_config",
+            "external_task_id",
+            "file_url",
+            "mime_type",
+            "file_size",
+            "width",
+            "height",
+            "sha256",
+            "error_message",
+            "metadata",
+            "created_at",
+            "started_at",
+            "finished_at",
         ]
         read_only_fields = fields
 
@@ -33,7 +51,9 @@ class AssetSerializer(serializers.ModelSerializer):
 
 
 class UploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="PNG, JPEG, WEBP image or MP4, WebM, MOV video. The type is read from the content.")
+    file = serializers.FileField(
+        help_text="PNG, JPEG, WEBP image or MP4, WebM, MOV video. The type is read from the content."
+    )
     prompt_text = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
 
 

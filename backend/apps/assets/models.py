@@ -37,9 +37,7 @@ class Asset(models.Model):
     ai_model = models.ForeignKey(
         "ai_providers.AIModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="assets"
     )
-    parent_asset = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
-    )
+    parent_asset = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     generation_config = models.JSONField(default=dict, blank=True)
     external_task_id = models.CharField(max_length=255, blank=True, db_index=True)
 

@@ -6,9 +6,11 @@ The storage itself is Django's default storage, chosen in settings: S3 (django-s
 
 import logging
 from collections.abc import Iterable
+from functools import cache
 
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.core.signals import setting_changed
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -17,17 +19,36 @@ logger = logging.getLogger(__name__)
 def file_url(name: str, *, request=None) -> str | None:
     """A URL a client can fetch the file from.
 
-    S3: a presigned URL valid ``AWS_QUERYSTRING_EXPIRE`` seconds, or a plain URL on ``AWS_S3_CUSTOM_DOMAIN``.
+    S3: a presigned URL valid ``AWS_QUERYSTRING_EXPIRE`` seconds (signed for ``AWS_S3_PUBLIC_ENDPOINT_URL``
+    when set), or a plain URL on ``AWS_S3_CUSTOM_DOMAIN``.
     Local files: ``/media/…`` made absolute with ``PUBLIC_BASE_URL`` or the request's host.
     """
     if not name:
         return None
-    url = default_storage.url(name)
+    storage = _public_url_storage() if settings.USE_S3 and settings.AWS_S3_PUBLIC_ENDPOINT_URL else default_storage
+    url = storage.url(name)
     if url.startswith(("http://", "https://")):
         return url
     if settings.PUBLIC_BASE_URL:
         return settings.PUBLIC_BASE_URL + url
     return request.build_absolute_uri(url) if request is not None else url
+
+
+@cache
+def _public_url_storage():
+    """The S3 storage as clients see it: same bucket and keys, another endpoint. Only used to sign URLs."""
+    from storages.backends.s3 import S3Storage
+
+    options = {**settings.STORAGES["default"]["OPTIONS"], "endpoint_url": settings.AWS_S3_PUBLIC_ENDPOINT_URL}
+    return S3Storage(**options)
+
+
+def _forget_public_storage(*, setting, **kwargs):
+    if setting in {"STORAGES", "AWS_S3_PUBLIC_ENDPOINT_URL"}:
+        _public_url_storage.cache_clear()
+
+
+setting_changed.connect(_forget_public_storage)
 
 
 def delete_files_on_commit(names: Iterable[str]) -> None:

@@ -10,6 +10,8 @@ API_PATHS = {
     "/api/boxes/{id}/",
     "/api/boxes/{box_id}/assets/",
     "/api/boxes/{box_id}/upload/",
+    "/api/boxes/{box_id}/generate/",
+    "/api/callbacks/{token}/",
     "/api/assets/{id}/",
     "/api/ai-models/",
     "/api/ai-models/{id}/",

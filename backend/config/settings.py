@@ -211,6 +211,16 @@ GENBOX_UPLOAD_MAX_BYTES = _env_positive_int("GENBOX_UPLOAD_MAX_BYTES", 500 * 102
 GENBOX_IMAGE_MAX_SIDE = _env_positive_int("GENBOX_IMAGE_MAX_SIDE", 4096)
 FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
 
+# --- Generation pipeline (apps/ai_providers/pipeline.py explains each) ----------------------------------
+
+GENBOX_SWEEP_INTERVAL = _env_positive_int("GENBOX_SWEEP_INTERVAL", 30)
+GENBOX_SWEEP_GRACE = _env_positive_int("GENBOX_SWEEP_GRACE", 120)
+GENBOX_SUBMIT_LEASE_SECONDS = _env_positive_int("GENBOX_SUBMIT_LEASE_SECONDS", 180)
+GENBOX_STORE_LEASE_SECONDS = _env_positive_int("GENBOX_STORE_LEASE_SECONDS", 1800)
+GENBOX_RESULT_MAX_BYTES = _env_positive_int("GENBOX_RESULT_MAX_BYTES", 5 * 1024**3)
+GENBOX_RESULT_MAX_SIDE = _env_positive_int("GENBOX_RESULT_MAX_SIDE", 16384)
+GENBOX_SOURCE_URL_EXPIRE = _env_positive_int("GENBOX_SOURCE_URL_EXPIRE", 24 * 3600)
+
 # --- REST API ----------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
@@ -272,6 +282,12 @@ CELERY_TASK_SOFT_TIME_LIMIT = 300
 CELERY_TASK_TIME_LIMIT = 360
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "generation-sweep": {"task": "genbox.generation.sweep", "schedule": float(GENBOX_SWEEP_INTERVAL)},
+}
+# Countdown tasks wait in Redis unacknowledged; redelivery must not come before the longest countdown.
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = GENBOX_STORE_LEASE_SECONDS + 600
 
 # --- Logging -----------------------------------------------------------------------------------------
 

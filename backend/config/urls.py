@@ -1,4 +1,4 @@
-from apps.ai_providers.api import AIModelDetailView, AIModelListView
+from apps.ai_providers.api import AIModelDetailView, AIModelListView, CallbackView, GenerateView
 from apps.assets.api import AssetDetailView, BoxAssetListView, BoxUploadView
 from apps.boxes.api import BoxDetailView, BoxListCreateView
 from django.conf import settings
@@ -18,6 +18,8 @@ api = [
     path("boxes/<int:pk>/", BoxDetailView.as_view(), name="box-detail"),
     path("boxes/<int:box_id>/assets/", BoxAssetListView.as_view(), name="box-assets"),
     path("boxes/<int:box_id>/upload/", BoxUploadView.as_view(), name="box-upload"),
+    path("boxes/<int:box_id>/generate/", GenerateView.as_view(), name="box-generate"),
+    path("callbacks/<str:token>/", CallbackView.as_view(), name="provider-callback"),
     path("assets/<int:pk>/", AssetDetailView.as_view(), name="asset-detail"),
     path("ai-models/", AIModelListView.as_view(), name="aimodel-list"),
     path("ai-models/<int:pk>/", AIModelDetailView.as_view(), name="aimodel-detail"),

@@ -58,6 +58,17 @@ class AIModel(models.Model):
     )
     request_schema = models.JSONField(default=dict)
     parameters_schema = models.JSONField(default=dict, blank=True)
+    poll_endpoint = models.CharField(
+        max_length=500, blank=True, help_text="Path of the task status endpoint, relative to the provider's base URL."
+    )
+    response_mapping = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the provider's answers keep the task id, status, results and errors (README: Adding a model).",
+    )
+    timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How long a generation may run at the provider. Empty: 15 min (image), 60 min (video)."
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

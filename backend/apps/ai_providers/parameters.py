@@ -86,3 +86,67 @@ def validate_parameters_schema(value: Any) -> None:
 def validate_request_schema(value: Any) -> None:
     if not isinstance(value, dict) or not value:
         raise ValidationError("Must be a non-empty JSON object: the provider's request body with <<var>> placeholders.")
+
+
+def _coerce(spec: dict, value: Any) -> Any:
+    """Accept the obvious spellings form clients send: "8" for an integer, "0.5" for a number."""
+    kind = spec["type"]
+    if isinstance(value, str) and kind in ("integer", "number"):
+        try:
+            number = float(value) if kind == "number" else int(value)
+        except ValueError:
+            return value
+        return number
+    if kind == "select" and value not in spec["options"]:
+        # "8" for an option 8, or 8 for an option "8".
+        for option in spec["options"]:
+            if str(option) == str(value):
+                return option
+    return value
+
+
+def _allowed(spec: dict) -> str:
+    kind = spec["type"]
+    if kind == "select":
+        return "one of " + ", ".join(repr(option) for option in spec["options"])
+    if kind == "boolean":
+        return "true or false"
+    if kind == "string":
+        return f"text of at most {spec['max']} characters" if "max" in spec else "text"
+    bounds = [f"≥ {spec['min']}" if "min" in spec else "", f"≤ {spec['max']}" if "max" in spec else ""]
+    described = " and ".join(bound for bound in bounds if bound)
+    noun = "a whole number" if kind == "integer" else "a number"
+    return f"{noun} {described}".strip()
+
+
+def validate_generation_config(parameters_schema: dict, config: Any) -> dict:
+    """Check a user's ``generation_config`` against the model's ``parameters_schema``.
+
+    Returns the config with defaults filled in and obvious string spellings converted ("8" → 8 for an
+    integer). Raises ``ValidationError`` with one message per bad key, each naming the key and what is
+    allowed; unknown keys and missing required options are errors.
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValidationError({"generation_config": ["Must be a JSON object of option names to values."]})
+    errors: dict[str, list[str]] = {}
+    result: dict[str, Any] = {}
+    for name in config:
+        if name not in parameters_schema:
+            known = ", ".join(sorted(parameters_schema)) or "none"
+            errors[f"generation_config.{name}"] = [f"Unknown option for this model. Options: {known}."]
+    for name, spec in parameters_schema.items():
+        if name in config and config[name] is not None:
+            value = _coerce(spec, config[name])
+            if not _value_fits(spec, value):
+                errors[f"generation_config.{name}"] = [f"{config[name]!r} is not allowed; expected {_allowed(spec)}."]
+                continue
+            result[name] = value
+        elif "default" in spec:
+            result[name] = spec["default"]
+        elif spec.get("required"):
+            errors[f"generation_config.{name}"] = [f"Required; expected {_allowed(spec)}."]
+    if errors:
+        raise ValidationError(errors)
+    return result

@@ -32,6 +32,7 @@ class AssetSerializer(serializers.ModelSerializer):
             "parent_asset",
             "generation_config",
             "external_task_id",
+            "progress",
             "file_url",
             "mime_type",
             "file_size",
@@ -42,6 +43,8 @@ class AssetSerializer(serializers.ModelSerializer):
             "metadata",
             "created_at",
             "started_at",
+            "submitted_at",
+            "provider_finished_at",
             "finished_at",
         ]
         read_only_fields = fields

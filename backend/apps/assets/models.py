@@ -29,6 +29,15 @@ class Asset(models.Model):
         COMPLETED = "COMPLETED", "Completed"
         FAILED = "FAILED", "Failed"
 
+    class Stage(models.TextChoices):
+        """Where a generation is inside the pipeline (apps.ai_providers.pipeline); finer than ``status``."""
+
+        QUEUED = "QUEUED", "Queued for submission"  # status PENDING
+        SUBMITTING = "SUBMITTING", "Being submitted"  # status PROCESSING; a request may be on the wire
+        POLLING = "POLLING", "Running at the provider"  # status PROCESSING; external_task_id known
+        STORING = "STORING", "Storing the result"  # status PROCESSING
+        DONE = "DONE", "Done"  # status COMPLETED or FAILED
+
     box = models.ForeignKey("boxes.Box", on_delete=models.CASCADE, related_name="assets")
     asset_type = models.CharField(max_length=10, choices=AssetType.choices)
     source = models.CharField(max_length=12, choices=Source.choices)
@@ -50,9 +59,25 @@ class Asset(models.Model):
 
     error_message = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Generation pipeline state: the database, not the broker, is the source of truth.
+    stage = models.CharField(max_length=12, choices=Stage.choices, default=Stage.DONE)
+    progress = models.FloatField(null=True, blank=True, help_text="0–1, when the provider reports it.")
+    next_poll_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the pipeline next looks at this asset (submit, poll or lease expiry)."
+    )
+    deadline_at = models.DateTimeField(null=True, blank=True, help_text="Fails with a timeout after this.")
+    submit_attempts = models.PositiveIntegerField(default=0)
+    poll_count = models.PositiveIntegerField(default=0)
+    poll_errors = models.PositiveIntegerField(default=0, help_text="Consecutive failed polls.")
+    callback_token = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    request_payload = models.JSONField(null=True, blank=True, help_text="The rendered request, secrets redacted.")
+
+    created_at = models.DateTimeField(auto_now_add=True)  # queued
+    started_at = models.DateTimeField(null=True, blank=True)  # a worker took it
+    submitted_at = models.DateTimeField(null=True, blank=True)  # the provider accepted it
+    provider_finished_at = models.DateTimeField(null=True, blank=True)  # the provider reported the end
+    finished_at = models.DateTimeField(null=True, blank=True)  # stored (or failed)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -62,6 +87,12 @@ class Asset(models.Model):
             models.Index(fields=["box", "-created_at"], name="asset_box_created_idx"),
             models.Index(fields=["box", "status", "-created_at"], name="asset_box_status_created_idx"),
             models.Index(fields=["box", "asset_type", "-created_at"], name="asset_box_type_created_idx"),
+            # The sweeper: unfinished generations whose next step is due.
+            models.Index(
+                fields=["stage", "next_poll_at"],
+                name="asset_stage_due_idx",
+                condition=~models.Q(stage="DONE"),
+            ),
         ]
 
     def __str__(self) -> str:

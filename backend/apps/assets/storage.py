@@ -16,17 +16,21 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 
-def file_url(name: str, *, request=None) -> str | None:
+def file_url(name: str, *, request=None, expire: int | None = None) -> str | None:
     """A URL a client can fetch the file from.
 
     S3: a presigned URL valid ``AWS_QUERYSTRING_EXPIRE`` seconds (signed for ``AWS_S3_PUBLIC_ENDPOINT_URL``
     when set), or a plain URL on ``AWS_S3_CUSTOM_DOMAIN``.
     Local files: ``/media/…`` made absolute with ``PUBLIC_BASE_URL`` or the request's host.
+    ``expire`` overrides the presigned lifetime (a provider may fetch a source image long after submission).
     """
     if not name:
         return None
-    storage = _public_url_storage() if settings.USE_S3 and settings.AWS_S3_PUBLIC_ENDPOINT_URL else default_storage
-    url = storage.url(name)
+    if settings.USE_S3:
+        storage = _public_url_storage() if settings.AWS_S3_PUBLIC_ENDPOINT_URL else default_storage
+        url = storage.url(name, expire=expire) if expire else storage.url(name)
+    else:
+        url = default_storage.url(name)
     if url.startswith(("http://", "https://")):
         return url
     if settings.PUBLIC_BASE_URL:

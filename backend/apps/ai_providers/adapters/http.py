@@ -1,0 +1,116 @@
+"""The one way Genbox talks HTTP to providers: pooled connections, timeouts, errors that say what to do.
+
+Every failure becomes a ``ProviderError`` telling whether a retry may help and whether the request may
+already have been acted on (``ambiguous``): a connection that never opened is safe to retry; a timeout
+after the body was sent is not, for a request that costs money.
+"""
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import httpx
+from django.utils import timezone
+
+from .base import ProviderError
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+_DOWNLOAD_CHUNK = 1024 * 1024
+
+_client: httpx.Client | None = None
+_client_pid: int | None = None
+_lock = threading.Lock()
+
+
+def client() -> httpx.Client:
+    """A process-wide pooled client, recreated after a fork (Celery's prefork workers)."""
+    global _client, _client_pid
+    with _lock:
+        if _client is None or _client_pid != os.getpid():
+            _client = httpx.Client(
+                timeout=DEFAULT_TIMEOUT,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                follow_redirects=True,
+                headers={"User-Agent": "Genbox/0.1"},
+            )
+            _client_pid = os.getpid()
+        return _client
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """``Retry-After`` as seconds (it may be a number or an HTTP date); None when absent or unreadable."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def send(label: str, method: str, url: str, **kwargs) -> httpx.Response:
+    """Send one request; transport failures become ``ProviderError``. HTTP error statuses are returned."""
+    host = urlsplit(url).netloc
+    try:
+        return client().request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise ProviderError(f"{label}: cannot connect to {host} ({exc.__class__.__name__})", retryable=True) from exc
+    except httpx.TimeoutException as exc:
+        raise ProviderError(
+            f"{label}: no answer from {host} in time ({exc.__class__.__name__})", retryable=True, ambiguous=True
+        ) from exc
+    except httpx.TransportError as exc:
+        raise ProviderError(
+            f"{label}: the connection to {host} broke ({exc.__class__.__name__}: {exc})", retryable=True, ambiguous=True
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Download:
+    content_type: str
+    size: int
+    sha256: str
+
+
+def download(label: str, url: str, dest: BinaryIO, *, max_bytes: int) -> Download:
+    """Stream ``url`` into ``dest`` (a file on disk), hashing on the way; never holds the body in memory.
+
+    Raises ``ProviderError``: retryable for network trouble, 5xx, 429 and a body cut short; final for
+    other HTTP errors and a body over ``max_bytes``.
+    """
+    host = urlsplit(url).netloc
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with client().stream("GET", url) as response:
+            if response.status_code >= 400:
+                transient = response.status_code >= 500 or response.status_code in (408, 429)
+                raise ProviderError(
+                    f"{label}: downloading the result from {host} failed with HTTP {response.status_code}",
+                    retryable=transient,
+                    retry_after=retry_after_seconds(response),
+                )
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ProviderError(f"{label}: the result is {declared} bytes, over the {max_bytes} limit", retryable=False)
+            for chunk in response.iter_bytes(_DOWNLOAD_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ProviderError(f"{label}: the result is over the {max_bytes} byte limit", retryable=False)
+                digest.update(chunk)
+                dest.write(chunk)
+            content_type = response.headers.get("Content-Type", "")
+    except httpx.TransportError as exc:
+        raise ProviderError(
+            f"{label}: downloading the result from {host} was cut off ({exc.__class__.__name__})", retryable=True
+        ) from exc
+    dest.flush()
+    return Download(content_type=content_type.split(";")[0].strip(), size=size, sha256=digest.hexdigest())

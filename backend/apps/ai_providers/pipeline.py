@@ -1,0 +1,499 @@
+"""The generation pipeline: every rule between a generate request and a stored file (or a reason why not).
+
+An asset moves through ``Asset.stage``::
+
+    QUEUED ─submit─▶ SUBMITTING ─▶ POLLING ─poll / callback─▶ STORING ─▶ DONE (COMPLETED)
+      ▲ rate limited: back to QUEUED, later        any failure ─────────▶ DONE (FAILED + error_message)
+
+The rules:
+
+1. The database is the source of truth. Every move is a conditional UPDATE from the expected stage and a
+   worker acts only when it changed the row, so duplicate or late task deliveries do nothing: nothing is
+   submitted twice, stored twice, or changed once DONE.
+2. Submission is at most once. A worker that dies between sending and saving the task id leaves the
+   asset in SUBMITTING; the sweeper fails it after ``GENBOX_SUBMIT_LEASE_SECONDS`` saying so, rather than
+   submit again (providers charge per submission). An answer that may have created a task (a timeout
+   after sending, an unreadable 2xx) is treated the same way. Definite refusals worth waiting out (429,
+   maintenance, 5xx, no connection) go back to QUEUED and are retried with backoff until the deadline.
+3. No worker waits for a provider. After each poll the next one is scheduled with a countdown and the
+   due time is kept in ``next_poll_at``; intervals start at 2 s and grow with the task's age (sparser when
+   a callback is expected). ``deadline_at`` (the model's timeout) ends it.
+4. A callback (``/api/callbacks/<token>/``) makes the asset due at once: the poll that follows reads the
+   authoritative result, so a forged or partial callback body can never complete an asset.
+5. Results are streamed to a temporary file, identified by their bytes (``inspect_media``), then streamed
+   to storage; size, type, dimensions and SHA-256 are recorded.
+6. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
+   (killed worker, flushed broker), fails what is past its deadline or lease, and retries stale stores.
+"""
+
+import logging
+import random
+import re
+import secrets
+import tempfile
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.db.models import F
+from django.utils import timezone
+
+from apps.assets.media import MediaRejected, inspect_media
+from apps.assets.models import Asset
+from apps.assets.storage import file_url
+
+from .adapters import get_adapter
+from .adapters.base import CallbackRejected, Failed, ProviderError, Running, Succeeded
+from .adapters.http import download
+from .adapters.mapping import ResponseMapping
+from .models import AIModel
+from .parameters import validate_generation_config
+from .templating import TemplateError, render_request, template_variables
+
+logger = logging.getLogger(__name__)
+
+Stage = Asset.Stage
+Status = Asset.Status
+
+# A delivery this early is a stale duplicate of one already scheduled.
+_DUE_SLACK = timedelta(seconds=1)
+# While a poll request is out, the asset is not due (longer than the HTTP timeouts).
+_POLL_LEASE = timedelta(seconds=120)
+MAX_CONSECUTIVE_POLL_ERRORS = 10
+FIRST_POLL_SECONDS = 2.0
+POLL_INTERVAL_MIN = 2.0
+POLL_INTERVAL_MAX = 10.0
+CALLBACK_POLL_INTERVAL_MAX = 60.0
+SUBMIT_BACKOFF_MAX = 60.0
+_SEED_MAX = 2**31 - 1
+
+
+# --- Starting a generation ---------------------------------------------------------------------------
+
+
+def generation_start(
+    *, box, model: AIModel, prompt: str, parent: Asset | None = None, config: dict | None = None
+) -> Asset:
+    """Validate a generate request and queue it; returns the PENDING asset. Raises ``ValidationError``.
+
+    The submit task is enqueued when the surrounding transaction commits.
+    """
+    from .tasks import generation_submit
+
+    if model.model_type == AIModel.ModelType.TEXT:
+        raise ValidationError({"ai_model_id": ["This is a text model; it cannot generate images or videos."]})
+    validated = validate_generation_config(model.parameters_schema, config)
+    required, _ = template_variables(model.request_schema)
+    if {"image_url", "image_urls"} & required and parent is None:
+        raise ValidationError({"parent_asset_id": ["This model needs a source image: pass parent_asset_id."]})
+    if parent is not None and (parent.status != Status.COMPLETED or not parent.file):
+        raise ValidationError({"parent_asset_id": ["The source asset has no file yet (it is not COMPLETED)."]})
+    if parent is not None and {"image_url", "image_urls"} & required and parent.asset_type != Asset.AssetType.IMAGE:
+        raise ValidationError({"parent_asset_id": ["The source asset must be an image for this model."]})
+
+    seed = validated.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        seed = random.randint(1, _SEED_MAX)
+    now = timezone.now()
+    asset = Asset.objects.create(
+        box=box,
+        asset_type=model.model_type,
+        source=Asset.Source.GENERATION,
+        status=Status.PENDING,
+        stage=Stage.QUEUED,
+        prompt_text=prompt,
+        ai_model=model,
+        parent_asset=parent,
+        generation_config=validated,
+        callback_token=secrets.token_urlsafe(32),
+        metadata={"seed": seed},
+        next_poll_at=now,
+        deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
+    )
+    logger.info("asset %s: generation queued with model %s (%s); prompt: %s", asset.pk, model.pk, model.name, prompt)
+    generation_submit.delay_on_commit(asset.pk)
+    return asset
+
+
+# --- Submitting --------------------------------------------------------------------------------------
+
+
+def submit(asset_id: int) -> None:
+    """Render and send the request for a QUEUED asset; see rules 1–2."""
+    now = timezone.now()
+    claimed = Asset.objects.filter(pk=asset_id, stage=Stage.QUEUED, next_poll_at__lte=now + _DUE_SLACK).update(
+        status=Status.PROCESSING,
+        stage=Stage.SUBMITTING,
+        started_at=now,
+        next_poll_at=now + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS),
+        submit_attempts=F("submit_attempts") + 1,
+    )
+    if not claimed:
+        return
+    asset = Asset.objects.select_related("ai_model__provider", "parent_asset").get(pk=asset_id)
+    model = asset.ai_model
+    if model is None or not model.is_active or not model.provider.is_active:
+        _fail(asset, "The AI model was removed or deactivated before the generation started.", Stage.SUBMITTING)
+        return
+    try:
+        adapter = get_adapter(model.provider)
+        callback_url = _callback_url(asset)
+        body = render_request(model.request_schema, _context(asset, callback_url))
+    except (LookupError, TemplateError) as exc:
+        _fail(asset, f"The request for {model.name} could not be built: {exc}", Stage.SUBMITTING)
+        return
+
+    logger.info("asset %s: submitting to %s (attempt %s)", asset.pk, model.provider.name, asset.submit_attempts)
+    try:
+        submitted = adapter.submit(model, body, callback_url=callback_url)
+    except ProviderError as error:
+        _submit_failed(asset, error)
+        return
+
+    now = timezone.now()
+    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
+        stage=Stage.POLLING,
+        external_task_id=submitted.task_id,
+        submitted_at=now,
+        request_payload=redact(body, adapter.secrets() + [asset.callback_token]),
+        next_poll_at=now + timedelta(seconds=FIRST_POLL_SECONDS),
+        deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
+        poll_errors=0,
+    )
+    if not moved:
+        logger.error("asset %s: provider task %s accepted after the submission was given up", asset.pk, submitted.task_id)
+        return
+    logger.info("asset %s: submitted, provider task %s", asset.pk, submitted.task_id)
+    _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
+
+
+def _submit_failed(asset: Asset, error: ProviderError) -> None:
+    from .tasks import generation_submit
+
+    now = timezone.now()
+    if error.retryable and not error.ambiguous and now < asset.deadline_at:
+        delay = _backoff(asset.submit_attempts, error.retry_after, cap=SUBMIT_BACKOFF_MAX)
+        moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
+            status=Status.PENDING,
+            stage=Stage.QUEUED,
+            next_poll_at=now + timedelta(seconds=delay),
+            metadata={**asset.metadata, "last_submit_error": error.message},
+        )
+        if moved:
+            logger.warning("asset %s: %s; submitting again in %.1f s", asset.pk, error.message, delay)
+            generation_submit.apply_async((asset.pk,), countdown=delay)
+        return
+    message = error.message
+    if error.ambiguous:
+        message += (
+            ". The provider may have accepted the task, so Genbox did not send it again (that could charge twice);"
+            " generate again if no result appears."
+        )
+    elif error.retryable:
+        message += f" (still failing after {asset.submit_attempts} attempts)"
+    _fail(asset, message, Stage.SUBMITTING)
+
+
+# --- Following the provider's task -------------------------------------------------------------------
+
+
+def poll(asset_id: int) -> None:
+    """Ask the provider about a POLLING asset that is due; see rules 1, 3 and 5."""
+    now = timezone.now()
+    asset = Asset.objects.select_related("ai_model__provider").filter(pk=asset_id, stage=Stage.POLLING).first()
+    if asset is None or (asset.next_poll_at and asset.next_poll_at > now + _DUE_SLACK):
+        return
+    if asset.deadline_at and now >= asset.deadline_at:
+        _fail_timeout(asset)
+        return
+    claimed = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING, next_poll_at=asset.next_poll_at).update(
+        next_poll_at=now + _POLL_LEASE, poll_count=F("poll_count") + 1
+    )
+    if not claimed:
+        return
+    model = asset.ai_model
+    if model is None:
+        _fail(asset, "The AI model was deleted while the generation was running.", Stage.POLLING)
+        return
+    try:
+        result = get_adapter(model.provider).poll(model, asset.external_task_id)
+    except ProviderError as error:
+        _poll_failed(asset, error)
+        return
+
+    if isinstance(result, Running):
+        delay = _poll_delay(asset, now)
+        Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
+            progress=result.progress if result.progress is not None else asset.progress,
+            poll_errors=0,
+            next_poll_at=now + timedelta(seconds=delay),
+        )
+        _schedule_poll(asset.pk, delay)
+    elif isinstance(result, Failed):
+        _fail(asset, result.message, Stage.POLLING)
+    elif isinstance(result, Succeeded):
+        _store(asset, result)
+
+
+def _poll_failed(asset: Asset, error: ProviderError) -> None:
+    errors = asset.poll_errors + 1
+    if not error.retryable or errors >= MAX_CONSECUTIVE_POLL_ERRORS:
+        suffix = f" ({errors} failed status queries in a row)" if error.retryable else ""
+        _fail(asset, error.message + suffix, Stage.POLLING)
+        return
+    now = timezone.now()
+    delay = _backoff(errors, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
+    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
+        poll_errors=errors,
+        next_poll_at=now + timedelta(seconds=delay),
+        metadata={**asset.metadata, "last_poll_error": error.message},
+    )
+    if moved:
+        logger.warning("asset %s: %s; asking again in %.1f s", asset.pk, error.message, delay)
+        _schedule_poll(asset.pk, delay)
+
+
+def _poll_delay(asset: Asset, now) -> float:
+    """Seconds until the next poll: quick at first, then a growing share of the task's age, with jitter.
+
+    With a callback on its way polling is only a safety net, so it thins out further.
+    """
+    age = (now - (asset.submitted_at or now)).total_seconds()
+    mapping = ResponseMapping.from_json(asset.ai_model.response_mapping) if asset.ai_model.response_mapping else None
+    if settings.PUBLIC_BASE_URL and mapping is not None and mapping.callback_field:
+        delay = min(max(age, 5.0), CALLBACK_POLL_INTERVAL_MAX)
+    else:
+        cap = (mapping.poll_interval_max if mapping and mapping.poll_interval_max else None) or POLL_INTERVAL_MAX
+        delay = min(max(age * 0.5, POLL_INTERVAL_MIN), cap)
+    return delay * random.uniform(0.9, 1.1)
+
+
+def _backoff(attempt: int, retry_after: float | None, *, cap: float) -> float:
+    """Exponential backoff with jitter, never shorter than the provider's ``Retry-After``."""
+    delay = min(cap, 2.0 * 2 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
+    return max(delay, retry_after or 0.0)
+
+
+def _schedule_poll(asset_id: int, delay: float) -> None:
+    from .tasks import generation_poll
+
+    generation_poll.apply_async((asset_id,), countdown=delay)
+
+
+# --- Callbacks ---------------------------------------------------------------------------------------
+
+
+class CallbackIgnored(Exception):
+    """The callback is genuine-looking but about nothing we are waiting for; nothing was changed."""
+
+
+def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asset:
+    """A provider says a task ended: make its asset due for a poll now (rule 4).
+
+    Raises ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or body) or
+    ``CallbackIgnored`` (finished asset, or a task id that is not this asset's).
+    """
+    from .tasks import generation_poll
+
+    asset = Asset.objects.select_related("ai_model__provider").get(callback_token=token)
+    if asset.stage != Stage.POLLING or asset.ai_model is None:
+        raise CallbackIgnored(f"asset {asset.pk} is not waiting for its provider (stage {asset.stage})")
+    task_id = get_adapter(asset.ai_model.provider).callback_task_id(asset.ai_model, headers, body)
+    if task_id != asset.external_task_id:
+        raise CallbackIgnored(f"task {task_id!r} is not asset {asset.pk}'s task")
+    if Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(next_poll_at=timezone.now()):
+        generation_poll.delay(asset.pk)
+    logger.info("asset %s: callback for task %s, polling now", asset.pk, task_id)
+    return asset
+
+
+# --- Storing the result ------------------------------------------------------------------------------
+
+
+def _store(asset: Asset, result: Succeeded) -> None:
+    now = timezone.now()
+    metadata = {**asset.metadata, "result_urls": [_strip_query(url) for url in result.result_urls]}
+    if result.cost:
+        metadata["provider_cost"] = result.cost
+    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
+        stage=Stage.STORING,
+        provider_finished_at=now,
+        progress=1.0,
+        next_poll_at=now + timedelta(seconds=settings.GENBOX_STORE_LEASE_SECONDS),
+        metadata=metadata,
+    )
+    if not moved:
+        return
+    label = asset.ai_model.provider.name
+    with tempfile.NamedTemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR, prefix="genbox-result-") as spool:
+        try:
+            fetched = download(label, result.result_urls[0], spool, max_bytes=settings.GENBOX_RESULT_MAX_BYTES)
+        except ProviderError as error:
+            _store_failed(asset, error)
+            return
+        try:
+            info = inspect_media(spool.name, max_image_side=settings.GENBOX_RESULT_MAX_SIDE)
+        except MediaRejected as exc:
+            _fail(asset, f"{label} returned a result Genbox cannot use: {exc}", Stage.STORING)
+            return
+        spool.seek(0)
+        upload = File(spool)
+        upload.content_type = info.mime_type  # the storage's Content-Type: what the bytes are, not what was claimed
+        name = asset.file.field.generate_filename(asset, f"result{info.extension}")
+        name = asset.file.storage.save(name, upload)
+
+    finished = Asset.objects.filter(pk=asset.pk, stage=Stage.STORING).update(
+        status=Status.COMPLETED,
+        stage=Stage.DONE,
+        asset_type=info.asset_type,
+        file=name,
+        mime_type=info.mime_type,
+        file_size=fetched.size,
+        width=info.width,
+        height=info.height,
+        sha256=fetched.sha256,
+        error_message="",
+        next_poll_at=None,
+        finished_at=timezone.now(),
+    )
+    if not finished:
+        asset.file.storage.delete(name)  # another worker finished it first: keep one copy
+        return
+    logger.info("asset %s: completed, %s bytes of %s stored as %s", asset.pk, fetched.size, info.mime_type, name)
+
+
+def _store_failed(asset: Asset, error: ProviderError) -> None:
+    errors = asset.poll_errors + 1
+    if error.retryable and errors < MAX_CONSECUTIVE_POLL_ERRORS:
+        delay = _backoff(errors, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
+        # Back to POLLING: the next poll fetches fresh result URLs and tries the download again.
+        moved = Asset.objects.filter(pk=asset.pk, stage=Stage.STORING).update(
+            stage=Stage.POLLING, poll_errors=errors, next_poll_at=timezone.now() + timedelta(seconds=delay)
+        )
+        if moved:
+            logger.warning("asset %s: %s; trying again in %.1f s", asset.pk, error.message, delay)
+            _schedule_poll(asset.pk, delay)
+        return
+    _fail(asset, error.message, Stage.STORING)
+
+
+# --- The sweeper -------------------------------------------------------------------------------------
+
+
+def sweep(*, batch: int = 500) -> dict[str, int]:
+    """Repair what lost messages and dead workers left behind (rule 6). Returns counts per action."""
+    from .tasks import generation_poll, generation_submit
+
+    now = timezone.now()
+    overdue = now - timedelta(seconds=settings.GENBOX_SWEEP_GRACE)
+    counts = {"lost_submissions": 0, "timed_out": 0, "requeued_submits": 0, "requeued_polls": 0, "restored": 0}
+
+    for asset in Asset.objects.filter(stage=Stage.SUBMITTING, next_poll_at__lt=now)[:batch]:
+        counts["lost_submissions"] += _fail(
+            asset,
+            "The worker stopped while submitting to the provider. The provider may or may not have accepted the "
+            "task, so Genbox did not send it again (that could charge twice); generate again if no result appears.",
+            Stage.SUBMITTING,
+        )
+    for asset in Asset.objects.filter(stage__in=[Stage.QUEUED, Stage.POLLING], deadline_at__lt=now)[:batch]:
+        counts["timed_out"] += _fail_timeout(asset)
+    for asset_id in Asset.objects.filter(stage=Stage.QUEUED, next_poll_at__lt=overdue).values_list("pk", flat=True)[
+        :batch
+    ]:
+        generation_submit.delay(asset_id)
+        counts["requeued_submits"] += 1
+    for asset_id in Asset.objects.filter(stage=Stage.POLLING, next_poll_at__lt=overdue).values_list("pk", flat=True)[
+        :batch
+    ]:
+        generation_poll.delay(asset_id)
+        counts["requeued_polls"] += 1
+    for asset_id in Asset.objects.filter(stage=Stage.STORING, next_poll_at__lt=now).values_list("pk", flat=True)[:batch]:
+        if Asset.objects.filter(pk=asset_id, stage=Stage.STORING, next_poll_at__lt=now).update(
+            stage=Stage.POLLING, next_poll_at=now
+        ):
+            generation_poll.delay(asset_id)
+            counts["restored"] += 1
+    if any(counts.values()):
+        logger.info("sweep: %s", counts)
+    return counts
+
+
+# --- Helpers -----------------------------------------------------------------------------------------
+
+
+def _fail(asset: Asset, message: str, *from_stages: str) -> int:
+    """Mark the asset FAILED with ``message`` if it is still in one of ``from_stages``; 1 if it was."""
+    changed = Asset.objects.filter(pk=asset.pk, stage__in=from_stages).update(
+        status=Status.FAILED,
+        stage=Stage.DONE,
+        error_message=message[:4000],
+        next_poll_at=None,
+        finished_at=timezone.now(),
+    )
+    if changed:
+        logger.warning("asset %s: failed: %s", asset.pk, message)
+    return changed
+
+
+def _fail_timeout(asset: Asset) -> int:
+    minutes = asset.ai_model.effective_timeout_seconds / 60 if asset.ai_model else None
+    limit = f" within {minutes:g} minutes" if minutes else ""
+    where = "the provider" if asset.stage == Stage.POLLING else "the queue"
+    return _fail(asset, f"The generation did not finish{limit} (still at {where}); it was stopped.", asset.stage)
+
+
+def _callback_url(asset: Asset) -> str | None:
+    if not settings.PUBLIC_BASE_URL:
+        return None
+    return f"{settings.PUBLIC_BASE_URL}/api/callbacks/{asset.callback_token}/"
+
+
+def _context(asset: Asset, callback_url: str | None) -> dict[str, Any]:
+    """The variables a request schema may use: built-ins first, then every validated option."""
+    context: dict[str, Any] = {
+        **asset.generation_config,
+        "prompt": asset.prompt_text,
+        "negative_prompt": asset.generation_config.get("negative_prompt", ""),
+        "seed": asset.metadata.get("seed"),
+    }
+    if callback_url:
+        context["callback_url"] = callback_url
+    parent = asset.parent_asset
+    if parent is not None and parent.file:
+        url = file_url(parent.file.name, expire=settings.GENBOX_SOURCE_URL_EXPIRE)
+        if not url.startswith(("http://", "https://")):
+            raise TemplateError(
+                "the source image has no address a provider can fetch: set PUBLIC_BASE_URL, or store files in S3"
+            )
+        context.update(image_url=url, image_urls=[url], width=parent.width, height=parent.height)
+    return context
+
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|authorization|signature)", re.IGNORECASE)
+
+
+def _strip_query(url: str) -> str:
+    """Presigned URLs carry credentials in their query string; keep where they point, not the signature."""
+    base, sep, _ = url.partition("?")
+    return f"{base}?…" if sep else base
+
+
+def redact(value: Any, secret_values: list[str]) -> Any:
+    """A copy of a request fit to store: secret values, secret-named keys and URL signatures removed."""
+    secret_values = [s for s in secret_values if s]
+    if isinstance(value, dict):
+        return {
+            key: "[redacted]" if _SECRET_KEYS.search(str(key)) else redact(item, secret_values)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item, secret_values) for item in value]
+    if isinstance(value, str):
+        for secret in secret_values:
+            value = value.replace(secret, "[redacted]")
+        if value.startswith(("http://", "https://")) and "X-Amz-" in value:
+            value = _strip_query(value)
+        return value
+    return value

@@ -1,6 +1,5 @@
 import pytest
 from config.celery import app as celery_app
-from django.core.files.storage import default_storage
 
 pytestmark = pytest.mark.django_db
 
@@ -29,8 +28,12 @@ def test_health_is_503_naming_the_broker_when_it_is_down(client, monkeypatch):
     assert checks["database"]["ok"] and checks["storage"]["ok"]
 
 
-def test_health_is_503_when_the_bucket_is_missing(client, bucket, monkeypatch):
-    monkeypatch.setattr(default_storage, "bucket_name", "no-such-bucket")
+def test_health_is_503_when_the_bucket_is_missing(client, bucket, settings):
+    storage = settings.STORAGES["default"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {**storage, "OPTIONS": {**storage["OPTIONS"], "bucket_name": "no-such-bucket"}},
+    }
 
     response = client.get("/api/health/")
 

@@ -3,7 +3,13 @@
 Everything here is data that ends up on ``AIModel`` rows; the adapter has no per-family code.
 """
 
-_JOBS_STATES = {"waiting": "running", "queuing": "running", "generating": "running", "success": "succeeded", "fail": "failed"}
+_JOBS_STATES = {
+    "waiting": "running",
+    "queuing": "running",
+    "generating": "running",
+    "success": "succeeded",
+    "fail": "failed",
+}
 _SUCCESS_FLAG = {"0": "running", "1": "succeeded", "2": "failed", "3": "failed"}
 
 KIE_FAMILIES = {
@@ -41,7 +47,11 @@ KIE_FAMILIES = {
             "task_id_path": "data.taskId",
             "status_path": "data.state",
             "status_values": {
-                "wait": "running", "queueing": "running", "generating": "running", "success": "succeeded", "fail": "failed",
+                "wait": "running",
+                "queueing": "running",
+                "generating": "running",
+                "success": "succeeded",
+                "fail": "failed",
             },
             "result_url_paths": ["data.videoInfo.videoUrl"],
             "error_paths": ["data.failMsg", "data.failCode"],
@@ -56,7 +66,10 @@ KIE_FAMILIES = {
             "task_id_path": "data.taskId",
             "status_path": "data.status",
             "status_values": {
-                "GENERATING": "running", "SUCCESS": "succeeded", "CREATE_TASK_FAILED": "failed", "GENERATE_FAILED": "failed",
+                "GENERATING": "running",
+                "SUCCESS": "succeeded",
+                "CREATE_TASK_FAILED": "failed",
+                "GENERATE_FAILED": "failed",
             },
             "result_url_paths": ["data.response.resultUrls"],
             "error_paths": ["data.errorMessage"],
@@ -81,7 +94,10 @@ KIE_FAMILIES = {
 }
 
 _IMAGE_SIZE = {
-    "type": "select", "label": "Aspect ratio", "default": "1:1", "options": ["1:1", "16:9", "9:16", "4:3", "3:4"],
+    "type": "select",
+    "label": "Aspect ratio",
+    "default": "1:1",
+    "options": ["1:1", "16:9", "9:16", "4:3", "3:4"],
 }
 _OUTPUT_FORMAT = {"type": "select", "label": "Output format", "default": "png", "options": ["png", "jpeg"]}
 
@@ -110,11 +126,26 @@ KIE_MODELS = [
             "enableTranslation": True,
         },
         "parameters_schema": {
-            "aspect_ratio": {"type": "select", "label": "Aspect ratio", "default": "16:9", "options": ["16:9", "9:16", "Auto"]},
-            "resolution": {"type": "select", "label": "Resolution", "default": "720p", "options": ["720p"],
-                           "description": "Veo renders 720p; 1080p is a separate upgrade step."},
-            "duration": {"type": "select", "label": "Duration (s)", "default": "8", "options": ["8"],
-                         "description": "Veo clips are 8 seconds long."},
+            "aspect_ratio": {
+                "type": "select",
+                "label": "Aspect ratio",
+                "default": "16:9",
+                "options": ["16:9", "9:16", "Auto"],
+            },
+            "resolution": {
+                "type": "select",
+                "label": "Resolution",
+                "default": "720p",
+                "options": ["720p"],
+                "description": "Veo renders 720p; 1080p is a separate upgrade step.",
+            },
+            "duration": {
+                "type": "select",
+                "label": "Duration (s)",
+                "default": "8",
+                "options": ["8"],
+                "description": "Veo clips are 8 seconds long.",
+            },
         },
     },
     {
@@ -138,7 +169,12 @@ KIE_MODELS = [
         "family": "jobs",
         "request_schema": {
             "model": "kling-2.6/image-to-video",
-            "input": {"prompt": "<<prompt>>", "image_urls": ["<<image_url>>"], "sound": "<<sound>>", "duration": "<<duration>>"},
+            "input": {
+                "prompt": "<<prompt>>",
+                "image_urls": ["<<image_url>>"],
+                "sound": "<<sound>>",
+                "duration": "<<duration>>",
+            },
         },
         "parameters_schema": {
             "duration": {"type": "select", "label": "Duration (s)", "default": "5", "options": ["5", "10"]},
@@ -174,17 +210,31 @@ KIE_MODELS = [
         },
         "parameters_schema": {
             "duration": {"type": "select", "label": "Duration (s)", "default": 5, "options": [5, 10]},
-            "quality": {"type": "select", "label": "Quality", "default": "720p", "options": ["720p", "1080p"],
-                        "description": "1080p only with 5-second clips."},
-            "aspect_ratio": {"type": "select", "label": "Aspect ratio", "default": "16:9",
-                             "options": ["16:9", "9:16", "1:1", "4:3", "3:4"]},
+            "quality": {
+                "type": "select",
+                "label": "Quality",
+                "default": "720p",
+                "options": ["720p", "1080p"],
+                "description": "1080p only with 5-second clips.",
+            },
+            "aspect_ratio": {
+                "type": "select",
+                "label": "Aspect ratio",
+                "default": "16:9",
+                "options": ["16:9", "9:16", "1:1", "4:3", "3:4"],
+            },
         },
     },
     {
         "name": "GPT-4o image",
         "model_type": "IMAGE",
         "family": "gpt4o",
-        "request_schema": {"prompt": "<<prompt>>", "size": "<<size>>", "nVariants": 1, "filesUrl": "<<image_urls|default([])>>"},
+        "request_schema": {
+            "prompt": "<<prompt>>",
+            "size": "<<size>>",
+            "nVariants": 1,
+            "filesUrl": "<<image_urls|default([])>>",
+        },
         "parameters_schema": {
             "size": {"type": "select", "label": "Aspect ratio", "default": "1:1", "options": ["1:1", "3:2", "2:3"]},
         },
@@ -201,8 +251,12 @@ KIE_MODELS = [
             "model": "flux-kontext-pro",
         },
         "parameters_schema": {
-            "aspect_ratio": {"type": "select", "label": "Aspect ratio", "default": "16:9",
-                             "options": ["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"]},
+            "aspect_ratio": {
+                "type": "select",
+                "label": "Aspect ratio",
+                "default": "16:9",
+                "options": ["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"],
+            },
             "output_format": {"type": "select", "label": "Output format", "default": "png", "options": ["png", "jpeg"]},
         },
     },

@@ -67,7 +67,9 @@ class AIModel(models.Model):
         help_text="Where the provider's answers keep the task id, status, results and errors (README: Adding a model).",
     )
     timeout_seconds = models.PositiveIntegerField(
-        null=True, blank=True, help_text="How long a generation may run at the provider. Empty: 15 min (image), 60 min (video)."
+        null=True,
+        blank=True,
+        help_text="How long a generation may run at the provider. Empty: 15 min (image), 60 min (video).",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -82,16 +84,32 @@ class AIModel(models.Model):
     def __str__(self) -> str:
         return f"{self.provider.name} / {self.name}"
 
+    DEFAULT_TIMEOUT_SECONDS = {ModelType.IMAGE: 15 * 60, ModelType.VIDEO: 60 * 60, ModelType.TEXT: 5 * 60}
+
+    @property
+    def effective_timeout_seconds(self) -> int:
+        return self.timeout_seconds or self.DEFAULT_TIMEOUT_SECONDS[self.model_type]
+
     def clean(self) -> None:
+        """Everything a model must satisfy before it is saved, from the admin, a command or the API."""
+        from .adapters.mapping import validate_response_mapping
+        from .templating import TemplateError, check_schema_variables
+
         # Checked here rather than as field validators: those are skipped for "empty" values like [] and {}.
         errors = {}
         for field, validate in (
             ("request_schema", validate_request_schema),
             ("parameters_schema", validate_parameters_schema),
+            ("response_mapping", validate_response_mapping),
         ):
             try:
                 validate(getattr(self, field))
             except ValidationError as exc:
                 errors[field] = exc.messages
+        if "request_schema" not in errors and "parameters_schema" not in errors:
+            try:
+                check_schema_variables(self.request_schema, provided=set(self.parameters_schema))
+            except TemplateError as exc:
+                errors["request_schema"] = [str(exc)]
         if errors:
             raise ValidationError(errors)

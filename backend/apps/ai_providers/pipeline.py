@@ -45,7 +45,7 @@ from apps.assets.models import Asset
 from apps.assets.storage import file_url
 
 from .adapters import get_adapter
-from .adapters.base import CallbackRejected, Failed, ProviderError, Running, Succeeded
+from .adapters.base import Failed, ProviderError, Running, Succeeded
 from .adapters.http import download
 from .adapters.mapping import ResponseMapping
 from .models import AIModel
@@ -61,7 +61,6 @@ Status = Asset.Status
 _DUE_SLACK = timedelta(seconds=1)
 # While a poll request is out, the asset is not due (longer than the HTTP timeouts).
 _POLL_LEASE = timedelta(seconds=120)
-MAX_CONSECUTIVE_POLL_ERRORS = 10
 FIRST_POLL_SECONDS = 2.0
 POLL_INTERVAL_MIN = 2.0
 POLL_INTERVAL_MAX = 10.0
@@ -163,7 +162,9 @@ def submit(asset_id: int) -> None:
         poll_errors=0,
     )
     if not moved:
-        logger.error("asset %s: provider task %s accepted after the submission was given up", asset.pk, submitted.task_id)
+        logger.error(
+            "asset %s: provider task %s accepted after the submission was given up", asset.pk, submitted.task_id
+        )
         return
     logger.info("asset %s: submitted, provider task %s", asset.pk, submitted.task_id)
     _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
@@ -239,7 +240,7 @@ def poll(asset_id: int) -> None:
 
 def _poll_failed(asset: Asset, error: ProviderError) -> None:
     errors = asset.poll_errors + 1
-    if not error.retryable or errors >= MAX_CONSECUTIVE_POLL_ERRORS:
+    if not error.retryable or errors >= settings.GENBOX_POLL_ERROR_LIMIT:
         suffix = f" ({errors} failed status queries in a row)" if error.retryable else ""
         _fail(asset, error.message + suffix, Stage.POLLING)
         return
@@ -366,7 +367,7 @@ def _store(asset: Asset, result: Succeeded) -> None:
 
 def _store_failed(asset: Asset, error: ProviderError) -> None:
     errors = asset.poll_errors + 1
-    if error.retryable and errors < MAX_CONSECUTIVE_POLL_ERRORS:
+    if error.retryable and errors < settings.GENBOX_POLL_ERROR_LIMIT:
         delay = _backoff(errors, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
         # Back to POLLING: the next poll fetches fresh result URLs and tries the download again.
         moved = Asset.objects.filter(pk=asset.pk, stage=Stage.STORING).update(
@@ -409,7 +410,9 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
     ]:
         generation_poll.delay(asset_id)
         counts["requeued_polls"] += 1
-    for asset_id in Asset.objects.filter(stage=Stage.STORING, next_poll_at__lt=now).values_list("pk", flat=True)[:batch]:
+    for asset_id in Asset.objects.filter(stage=Stage.STORING, next_poll_at__lt=now).values_list("pk", flat=True)[
+        :batch
+    ]:
         if Asset.objects.filter(pk=asset_id, stage=Stage.STORING, next_poll_at__lt=now).update(
             stage=Stage.POLLING, next_poll_at=now
         ):
@@ -438,10 +441,14 @@ def _fail(asset: Asset, message: str, *from_stages: str) -> int:
 
 
 def _fail_timeout(asset: Asset) -> int:
-    minutes = asset.ai_model.effective_timeout_seconds / 60 if asset.ai_model else None
-    limit = f" within {minutes:g} minutes" if minutes else ""
+    seconds = asset.ai_model.effective_timeout_seconds if asset.ai_model else None
+    limit = f" within {_duration(seconds)}" if seconds else ""
     where = "the provider" if asset.stage == Stage.POLLING else "the queue"
     return _fail(asset, f"The generation did not finish{limit} (still at {where}); it was stopped.", asset.stage)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g} seconds" if seconds < 120 else f"{seconds / 60:g} minutes"
 
 
 def _callback_url(asset: Asset) -> str | None:

@@ -79,9 +79,7 @@ def _parse(path: str, text: str) -> nodes.Template:
 
 def _optional_names(tree: nodes.Template) -> set[str]:
     """Names used only as the subject of a ``default`` filter: the template supplies their value itself."""
-    defaulted = {
-        id(node.node) for node in tree.find_all(nodes.Filter) if node.name in ("default", "d")
-    }
+    defaulted = {id(node.node) for node in tree.find_all(nodes.Filter) if node.name in ("default", "d")}
     always_defaulted: dict[str, bool] = {}
     for name in tree.find_all(nodes.Name):
         always_defaulted[name.name] = always_defaulted.get(name.name, True) and id(name) in defaulted

@@ -100,7 +100,9 @@ def download(label: str, url: str, dest: BinaryIO, *, max_bytes: int) -> Downloa
                 )
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ProviderError(f"{label}: the result is {declared} bytes, over the {max_bytes} limit", retryable=False)
+                raise ProviderError(
+                    f"{label}: the result is {declared} bytes, over the {max_bytes} limit", retryable=False
+                )
             for chunk in response.iter_bytes(_DOWNLOAD_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:

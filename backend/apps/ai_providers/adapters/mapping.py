@@ -29,8 +29,17 @@ from django.core.exceptions import ValidationError
 
 OUTCOMES = ("running", "succeeded", "failed")
 _KEYS = {
-    "task_id_path", "poll_task_id_param", "status_path", "status_values", "result_url_paths", "error_paths",
-    "progress_path", "cost_paths", "callback_field", "callback_task_id_path", "poll_interval_max",
+    "task_id_path",
+    "poll_task_id_param",
+    "status_path",
+    "status_values",
+    "result_url_paths",
+    "error_paths",
+    "progress_path",
+    "cost_paths",
+    "callback_field",
+    "callback_task_id_path",
+    "poll_interval_max",
 }
 _MISSING = object()
 
@@ -125,8 +134,14 @@ def validate_response_mapping(value: Any) -> None:
     for key in ("task_id_path", "status_path", "status_values", "result_url_paths"):
         if key not in value:
             errors.append(f"'{key}' is required.")
-    for key in ("task_id_path", "status_path", "poll_task_id_param", "progress_path", "callback_field",
-                "callback_task_id_path"):
+    for key in (
+        "task_id_path",
+        "status_path",
+        "poll_task_id_param",
+        "progress_path",
+        "callback_field",
+        "callback_task_id_path",
+    ):
         if key in value and not (isinstance(value[key], str) and value[key]):
             errors.append(f"'{key}' must be a non-empty string.")
     for key in ("result_url_paths", "error_paths"):
@@ -147,7 +162,9 @@ def validate_response_mapping(value: Any) -> None:
     ):
         errors.append("'cost_paths' must map names to paths.")
     interval = value.get("poll_interval_max")
-    if interval is not None and not (isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0):
+    if interval is not None and not (
+        isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0
+    ):
         errors.append("'poll_interval_max' must be a positive number of seconds.")
     if errors:
         raise ValidationError(errors)

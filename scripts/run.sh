@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Start a Celery worker in the background and the API in the foreground; stop both on Ctrl-C.
+# Start a Celery worker (with beat) in the background and the API in the foreground; stop both on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${1:-8000}"
 bin=.venv/bin
 export PYTHONPATH="$PWD/backend"
+# Where providers fetch source images from and send callbacks to (local providers on this machine).
+export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:$port}"
 mkdir -p var
 
-"$bin/celery" -A config worker --loglevel=INFO --concurrency=2 >var/worker.log 2>&1 &
+# -B runs the beat scheduler (the pipeline's sweeper) inside the worker: fine for one local worker.
+"$bin/celery" -A config worker -B --loglevel=INFO --concurrency=2 >var/worker.log 2>&1 &
 worker=$!
 trap 'kill $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT INT TERM
 

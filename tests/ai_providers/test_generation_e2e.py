@@ -330,3 +330,18 @@ def test_generating_into_another_users_box_is_404(stranger_api, box, kie):
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
 
     assert generate(stranger_api, box, model, "cat").status_code == 404
+
+
+def test_source_images_go_through_the_providers_upload_when_configured(api, box, kie, kie_emulator, bucket):
+    kie.settings = {**kie.settings, "upload_inputs": True, "upload_base_url": kie_emulator.base_url}
+    kie.save()
+    model = AIModel.objects.get(provider=kie, name="Nano Banana Edit")
+    uploads_before = len(kie_emulator.uploads)
+
+    asset = wait_for(generate(api, box, model, unique("blue"), parent_asset_id=upload_source(api, box)).json()["id"])
+
+    assert asset.status == Asset.Status.COMPLETED, asset.error_message
+    assert len(kie_emulator.uploads) == uploads_before + 1
+    sent_urls = kie_emulator.tasks[asset.external_task_id].body["input"]["image_urls"]
+    assert sent_urls[0].startswith(f"{kie_emulator.base_url}/uploads/")
+    assert kie_emulator.tasks[asset.external_task_id].inputs[0].status == 200

@@ -139,9 +139,12 @@ def submit(asset_id: int) -> None:
     try:
         adapter = get_adapter(model.provider)
         callback_url = _callback_url(asset)
-        body = render_request(model.request_schema, _context(asset, callback_url))
-    except (LookupError, TemplateError) as exc:
+        body = render_request(model.request_schema, _context(asset, callback_url, adapter))
+    except (LookupError, TemplateError, NotImplementedError) as exc:
         _fail(asset, f"The request for {model.name} could not be built: {exc}", Stage.SUBMITTING)
+        return
+    except ProviderError as error:  # uploading the source image to the provider failed; nothing was submitted
+        _submit_failed(asset, ProviderError(error.message, retryable=error.retryable, retry_after=error.retry_after))
         return
 
     logger.info("asset %s: submitting to %s (attempt %s)", asset.pk, model.provider.name, asset.submit_attempts)
@@ -457,7 +460,7 @@ def _callback_url(asset: Asset) -> str | None:
     return f"{settings.PUBLIC_BASE_URL}/api/callbacks/{asset.callback_token}/"
 
 
-def _context(asset: Asset, callback_url: str | None) -> dict[str, Any]:
+def _context(asset: Asset, callback_url: str | None, adapter) -> dict[str, Any]:
     """The variables a request schema may use: built-ins first, then every validated option."""
     context: dict[str, Any] = {
         **asset.generation_config,
@@ -469,13 +472,32 @@ def _context(asset: Asset, callback_url: str | None) -> dict[str, Any]:
         context["callback_url"] = callback_url
     parent = asset.parent_asset
     if parent is not None and parent.file:
-        url = file_url(parent.file.name, expire=settings.GENBOX_SOURCE_URL_EXPIRE)
-        if not url.startswith(("http://", "https://")):
-            raise TemplateError(
-                "the source image has no address a provider can fetch: set PUBLIC_BASE_URL, or store files in S3"
-            )
+        url = _source_url(parent, adapter)
         context.update(image_url=url, image_urls=[url], width=parent.width, height=parent.height)
     return context
+
+
+def _source_url(parent: Asset, adapter) -> str:
+    """A URL the provider can fetch the source from: our storage's, or the provider's own upload.
+
+    The provider's upload is used when its settings say ``"upload_inputs": true`` (our storage is private to
+    our network) or when our files have no absolute address (local files without ``PUBLIC_BASE_URL``).
+    """
+    url = file_url(parent.file.name, expire=settings.GENBOX_SOURCE_URL_EXPIRE)
+    absolute = url.startswith(("http://", "https://"))
+    if absolute and not (adapter.provider.settings or {}).get("upload_inputs"):
+        return url
+    try:
+        with parent.file.open("rb") as content:
+            return adapter.upload_input(
+                content, filename=parent.file.name.rsplit("/", 1)[-1], content_type=parent.mime_type
+            )
+    except NotImplementedError:
+        if absolute:
+            raise
+        raise TemplateError(
+            "the source image has no address the provider can fetch: set PUBLIC_BASE_URL, or store files in S3"
+        ) from None
 
 
 _SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|authorization|signature)", re.IGNORECASE)

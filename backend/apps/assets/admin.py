@@ -25,32 +25,34 @@ def _preview(asset: Asset, size: int):
 class AssetAdmin(admin.ModelAdmin):
     list_display = ["id", "thumbnail", "box", "asset_type", "source", "status", "short_prompt", "created_at"]
     list_display_links = ["id", "thumbnail"]
-    list_filter = ["status", "asset_type", "source", "created_at"]
+    list_filter = ["status", "asset_type", "source", "stage", "created_at"]
     search_fields = ["prompt_text", "external_task_id", "sha256"]
     list_select_related = ["box", "ai_model__provider"]
     raw_id_fields = ["box", "parent_asset", "ai_model"]
     date_hierarchy = "created_at"
-    readonly_fields = [
-        "preview",
-        "file",
-        "mime_type",
-        "file_size",
-        "width",
-        "height",
-        "sha256",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "updated_at",
-    ]
+    _pipeline = ["stage", "progress", "next_poll_at", "deadline_at", "submit_attempts", "poll_count", "poll_errors"]
+    _timeline = ["created_at", "started_at", "submitted_at", "provider_finished_at", "finished_at", "updated_at"]
+    _file = ["file", "mime_type", "file_size", "width", "height", "sha256"]
+    # The pipeline owns these; editing them by hand would break its invariants.
+    readonly_fields = ["preview", "request_payload", *_file, *_pipeline, *_timeline]
     fieldsets = [
         (None, {"fields": ["box", "asset_type", "source", "status", "prompt_text", "preview"]}),
         (
             "Generation",
-            {"fields": ["ai_model", "parent_asset", "generation_config", "external_task_id", "error_message"]},
+            {
+                "fields": [
+                    "ai_model",
+                    "parent_asset",
+                    "generation_config",
+                    "external_task_id",
+                    "error_message",
+                    "request_payload",
+                ]
+            },
         ),
-        ("File", {"fields": ["file", "mime_type", "file_size", "width", "height", "sha256", "metadata"]}),
-        ("Timeline", {"fields": ["created_at", "started_at", "finished_at", "updated_at"]}),
+        ("Pipeline", {"fields": _pipeline, "classes": ["collapse"]}),
+        ("File", {"fields": [*_file, "metadata"]}),
+        ("Timeline", {"fields": _timeline}),
     ]
 
     @admin.display(description="preview")

@@ -88,6 +88,13 @@ class Adapter:
     def cancel(self, model: "AIModel", task_id: str) -> None:
         raise NotImplementedError(f"{self.label} has no way to cancel a task")
 
+    def upload_input(self, content, *, filename: str, content_type: str) -> str:
+        """Hand a source file to the provider's own storage; returns a URL the provider can fetch.
+
+        Used when our storage is not reachable from the provider. Raises ``ProviderError``.
+        """
+        raise NotImplementedError(f"{self.label} does not take file uploads")
+
     def callback_task_id(self, model: "AIModel", headers: dict[str, str], body: bytes) -> str:
         """The task id a callback is about, after checking its signature. Raises ``CallbackRejected``."""
         raise CallbackRejected(f"{self.label} does not send callbacks")

@@ -35,6 +35,8 @@ _TRANSIENT = {429: "rate limited", 455: "service under maintenance", 500: "serve
 # Kie sometimes reports a validation or billing problem as code 500; these words give it away.
 _VALIDATION_WORDS = ("required", "invalid", "not support", "unsupported", "must be", "illegal", "not allowed")
 _CREDIT_WORDS = ("credit", "balance")
+# Kie's file upload API lives on its own host; ``settings.upload_base_url`` on the provider overrides it.
+DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
 # A webhook older than this is refused (replay protection).
 CALLBACK_MAX_AGE_SECONDS = 15 * 60
 
@@ -143,6 +145,23 @@ class KieAdapter(Adapter):
         response = send(self.label, "GET", self._url("/api/v1/chat/credit"), headers=self._headers())
         envelope = self._envelope(response, what="the credit query")
         return f"Kie.ai reachable, credits: {envelope.get('data')}"
+
+    def upload_input(self, content, *, filename: str, content_type: str) -> str:
+        """``POST /api/file-stream-upload``; Kie keeps the file 3 days and answers ``data.downloadUrl``."""
+        base = (self.provider.settings or {}).get("upload_base_url") or DEFAULT_UPLOAD_BASE_URL
+        response = send(
+            self.label,
+            "POST",
+            base.rstrip("/") + "/api/file-stream-upload",
+            headers=self._headers(),
+            data={"uploadPath": "genbox", "fileName": filename},
+            files={"file": (filename, content, content_type)},
+        )
+        envelope = self._envelope(response, what="the file upload")
+        url = dig(envelope, "data.downloadUrl")
+        if not url:
+            raise ProviderError("Kie.ai: the file upload answered without a downloadUrl", retryable=False)
+        return str(url)
 
     def callback_task_id(self, model, headers: dict[str, str], body: bytes) -> str:
         """Kie posts ``{"code", "msg", "data": {"taskId", …}}``; signed when the provider has a webhook key.

@@ -57,7 +57,10 @@ class GenerationCommand(BaseCommand):
             )
         )
         self.stdout.write(f"  stored as {asset.file.name}")
-        self.stdout.write(f"  {file_url(asset.file.name)}")
+        try:
+            self.stdout.write(f"  file: {asset.file.path}")  # local storage
+        except NotImplementedError:
+            self.stdout.write(f"  url: {file_url(asset.file.name)}")
 
 
 def _upload_source(box, path: str | None):

@@ -1,8 +1,9 @@
 import factory
+from django.contrib.auth import get_user_model
+
 from apps.ai_providers.models import AIModel, AIProvider
 from apps.assets.models import Asset
 from apps.boxes.models import Box
-from django.contrib.auth import get_user_model
 
 
 class UserFactory(factory.django.DjangoModelFactory):

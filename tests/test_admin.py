@@ -3,10 +3,10 @@
 import re
 
 import pytest
-from apps.ai_providers.models import AIModel, AIProvider
-from apps.assets.models import Asset
 from django.contrib.auth import get_user_model
 
+from apps.ai_providers.models import AIModel, AIProvider
+from apps.assets.models import Asset
 from tests import media_samples as samples
 from tests.factories import AIModelFactory, AIProviderFactory, AssetFactory, BoxFactory
 

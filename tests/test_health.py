@@ -1,4 +1,5 @@
 import pytest
+
 from config.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db

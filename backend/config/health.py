@@ -3,13 +3,14 @@
 import logging
 import time
 
-from apps.assets.storage import check_storage
 from django.db import connection
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from apps.assets.storage import check_storage
 
 from .celery import app as celery_app
 

@@ -169,6 +169,8 @@ AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
 USE_S3 = bool(AWS_STORAGE_BUCKET_NAME)
 
 if USE_S3:
+    from boto3.s3.transfer import TransferConfig
+
     AWS_S3_ENDPOINT_URL = env.str("AWS_S3_ENDPOINT_URL", default="") or None
     AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="") or None
     AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="") or None
@@ -187,9 +189,13 @@ if USE_S3:
         "default_acl": None,
         "querystring_auth": AWS_S3_CUSTOM_DOMAIN is None,
         "querystring_expire": _env_positive_int("AWS_QUERYSTRING_EXPIRE", 3600),
-        "file_overwrite": False,
+        # Keys are random (uuid4), so they never clash: skip the HEAD request S3Storage makes to check.
+        "file_overwrite": True,
         "addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default="") or None,
         "signature_version": "s3v4",
+        # Uploads stream in 8 MB parts, one at a time, in the worker's own thread: a 1 GB result costs the
+        # worker one part of memory, and a small one no thread pool.
+        "transfer_config": TransferConfig(multipart_chunksize=8 * 1024 * 1024, use_threads=False),
     }
     MEDIA_STORAGE = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_options}
 else:

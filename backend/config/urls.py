@@ -1,6 +1,3 @@
-from apps.ai_providers.api import AIModelDetailView, AIModelListView, CallbackView, GenerateView
-from apps.assets.api import AssetDetailView, BoxAssetListView, BoxUploadView
-from apps.boxes.api import BoxDetailView, BoxListCreateView
 from django.conf import settings
 from django.contrib import admin
 from django.core.files.storage import default_storage
@@ -9,6 +6,10 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
+
+from apps.ai_providers.api import AIModelDetailView, AIModelListView, CallbackView, GenerateView
+from apps.assets.api import AssetDetailView, BoxAssetListView, BoxUploadView
+from apps.boxes.api import BoxDetailView, BoxListCreateView
 
 from .health import HealthView
 

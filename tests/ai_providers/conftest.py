@@ -98,8 +98,9 @@ def kie_emulator():
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, live_server):
     """One worker for the whole run, on the test database, sending callbacks to the live server."""
-    from config.celery import app
     from django.conf import settings
+
+    from config.celery import app
 
     app.connection_for_write().default_channel.client.flushdb()  # nothing left from earlier runs
     env = {
@@ -119,8 +120,9 @@ def celery_worker(django_db_setup, live_server):
 @pytest.fixture
 def kie(transactional_db, kie_emulator, celery_worker, settings):
     """The Kie.ai provider and catalogue, set up as a user would, pointed at the emulator."""
-    from apps.ai_providers.models import AIProvider
     from django.core.management import call_command
+
+    from apps.ai_providers.models import AIProvider
 
     kie_emulator.rate_limit = None
     kie_emulator.task_seconds = 1.0

@@ -8,12 +8,12 @@ import time
 import uuid
 
 import pytest
-from apps.ai_providers.kie_catalogue import KIE_MODELS
-from apps.ai_providers.models import AIModel
-from apps.assets.models import Asset
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from apps.ai_providers.kie_catalogue import KIE_MODELS
+from apps.ai_providers.models import AIModel
+from apps.assets.models import Asset
 from tests import media_samples as samples
 from tests.ai_providers.conftest import EMULATOR_KEY, WEBHOOK_KEY
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-from apps.ai_providers.emulators.kie import KieEmulator, make_png, mp4_stream_chunks, parse_directives
 from PIL import Image
 
+from apps.ai_providers.emulators.kie import KieEmulator, make_png, mp4_stream_chunks, parse_directives
 from tests.media_samples import png_bytes
 
 API_KEY = "test-kie-key"

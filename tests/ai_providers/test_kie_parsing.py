@@ -1,10 +1,11 @@
 """Kie.ai answers read as data: body codes, paths into nested JSON strings, status maps."""
 
 import pytest
+from django.core.exceptions import ValidationError
+
 from apps.ai_providers.adapters.kie import classify
 from apps.ai_providers.adapters.mapping import ResponseMapping, dig, validate_response_mapping
 from apps.ai_providers.kie_catalogue import KIE_FAMILIES
-from django.core.exceptions import ValidationError
 
 
 @pytest.mark.parametrize(

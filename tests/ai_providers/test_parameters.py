@@ -1,6 +1,7 @@
 import pytest
-from apps.ai_providers.parameters import validate_parameters_schema, validate_request_schema
 from django.core.exceptions import ValidationError
+
+from apps.ai_providers.parameters import validate_parameters_schema, validate_request_schema
 
 
 def messages(schema) -> str:

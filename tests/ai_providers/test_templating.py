@@ -1,6 +1,7 @@
 """<<var>> request templates: the type rules, hostile values, and what is refused before anything is sent."""
 
 import pytest
+
 from apps.ai_providers.templating import TemplateError, check_schema_variables, render_request, template_variables
 
 CONTEXT = {"prompt": "a cat", "duration": 8, "image_url": "https://s3/a.png", "image_urls": ["https://s3/a.png", "u2"]}

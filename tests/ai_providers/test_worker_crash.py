@@ -4,7 +4,6 @@ import time
 import uuid
 
 import pytest
-from django.conf import settings
 
 from apps.ai_providers import pipeline
 from apps.ai_providers.models import AIModel
@@ -13,7 +12,9 @@ from apps.assets.models import Asset
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_killed_worker_generations_finish_without_duplicates(api, box, kie, kie_emulator, celery_worker, bucket, settings):
+def test_killed_worker_generations_finish_without_duplicates(
+    api, box, kie, kie_emulator, celery_worker, bucket, settings
+):
     settings.GENBOX_SWEEP_GRACE = 1
     kie_emulator.task_seconds = 3.0
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
@@ -39,12 +40,18 @@ def test_killed_worker_generations_finish_without_duplicates(api, box, kie, kie_
     for asset in failed:  # only a submission cut off mid-flight may fail, and it says why
         assert "worker stopped while submitting" in asset.error_message
     for asset in assets:
-        sent = [s for s in kie_emulator.submissions() if asset.prompt_text == (s.json or {}).get("input", {}).get("prompt")]
+        sent = [s for s in kie_emulator.submissions() if asset.prompt_text == _prompt_of(s.json)]
         assert len(sent) <= 1, f"{asset.prompt_text} was submitted {len(sent)} times"
         if asset.status == Asset.Status.COMPLETED:
             assert len(sent) == 1
-    keys = bucket.list_objects_v2(Bucket=settings.AWS_STORAGE_BUCKET_NAME, Prefix=f"boxes/{box.id}/").get("Contents", [])
+    keys = bucket.list_objects_v2(Bucket=settings.AWS_STORAGE_BUCKET_NAME, Prefix=f"boxes/{box.id}/").get(
+        "Contents", []
+    )
     assert sorted(o["Key"] for o in keys) == sorted(a.file.name for a in completed)
+
+
+def _prompt_of(body) -> str | None:
+    return ((body or {}).get("input") or {}).get("prompt")
 
 
 def _sweep_and_count_unfinished(ids) -> int:

@@ -1,8 +1,8 @@
 """Asset listing, filtering, detail and the isolation rule."""
 
 import pytest
-from apps.assets.models import Asset
 
+from apps.assets.models import Asset
 from tests.factories import AIModelFactory, AssetFactory, BoxFactory
 
 pytestmark = pytest.mark.django_db

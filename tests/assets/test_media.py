@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from apps.assets.media import (
     EMPTY_MESSAGE,
     HEIF_MESSAGE,
@@ -22,8 +24,6 @@ from apps.assets.media import (
     MediaRejected,
     inspect_media,
 )
-from PIL import Image
-
 from tests import media_samples as samples
 
 MAX_SIDE = 4096

@@ -4,10 +4,10 @@ import hashlib
 
 import httpx
 import pytest
-from apps.assets.models import Asset
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from apps.assets.models import Asset
 from tests import media_samples as samples
 
 pytestmark = pytest.mark.django_db

@@ -1,6 +1,6 @@
 import pytest
-from apps.boxes.models import Box
 
+from apps.boxes.models import Box
 from tests.factories import AssetFactory, BoxFactory
 
 pytestmark = pytest.mark.django_db

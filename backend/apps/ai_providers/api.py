@@ -5,7 +5,6 @@ Never exposes a provider's key, base URL, settings or the raw request schema.
 
 import logging
 
-from config.api import error_body
 from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -18,6 +17,7 @@ from apps.assets.api import AssetSerializer
 from apps.assets.models import Asset
 from apps.assets.selectors import asset_list_for_user
 from apps.boxes.selectors import box_list_for_user
+from config.api import error_body
 
 from .adapters.base import CallbackRejected
 from .models import AIModel

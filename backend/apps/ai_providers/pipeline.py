@@ -84,7 +84,10 @@ def generation_start(
     if model.model_type == AIModel.ModelType.TEXT:
         raise ValidationError({"ai_model_id": ["This is a text model; it cannot generate images or videos."]})
     validated = validate_generation_config(model.parameters_schema, config)
-    required, _ = template_variables(model.request_schema)
+    try:
+        required, _ = template_variables(model.request_schema)
+    except TemplateError as exc:  # a model saved without its checks (e.g. straight through the ORM)
+        raise ValidationError({"ai_model_id": [f"This model is misconfigured: {exc}"]}) from exc
     if {"image_url", "image_urls"} & required and parent is None:
         raise ValidationError({"parent_asset_id": ["This model needs a source image: pass parent_asset_id."]})
     if parent is not None and (parent.status != Status.COMPLETED or not parent.file):

@@ -15,6 +15,7 @@ Rendering runs in Jinja2's sandbox: a schema cannot reach Python internals.
 """
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
@@ -39,6 +40,11 @@ _env = SandboxedEnvironment(
 )
 _EXACT_PLACEHOLDER = re.compile(r"^\s*<<(?P<expr>(?:(?!<<|>>).)+)>>\s*$", re.DOTALL)
 _OLD_STYLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)[^}]*\}\}")
+
+
+# Compiling is most of the cost of rendering; a model's few template strings are compiled once per process.
+_compile_expression = lru_cache(maxsize=4096)(lambda expr: _env.compile_expression(expr, undefined_to_none=False))
+_compile_text = lru_cache(maxsize=4096)(_env.from_string)
 
 
 class TemplateError(ValueError):
@@ -136,13 +142,13 @@ def _render(value: Any, context: dict[str, Any], path: str) -> Any:
     exact = _EXACT_PLACEHOLDER.match(value)
     try:
         if exact:
-            result = _env.compile_expression(exact.group("expr"), undefined_to_none=False)(**context)
+            result = _compile_expression(exact.group("expr"))(**context)
             if isinstance(result, Undefined):
                 raise TemplateError(f"{_where(path)}: {_missing(result._undefined_name)}")
             if result is None:
                 raise TemplateError(f"{_where(path)}: <<{exact.group('expr').strip()}>> has no value.")
             return result
-        return _env.from_string(value).render(**context)
+        return _compile_text(value).render(**context)
     except UndefinedError as exc:
         raise TemplateError(f"{_where(path)}: {_undefined_message(exc)}") from exc
     except TemplateSyntaxError as exc:

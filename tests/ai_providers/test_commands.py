@@ -128,3 +128,24 @@ def test_test_video_generation_refuses_a_missing_image(kie_catalogue_only):
 @pytest.fixture
 def kie_catalogue_only(db):
     run("setup_kie_ai", "--api-key", "k1")
+
+
+@pytest.mark.django_db
+def test_admin_checks_a_providers_connection(client, kie_emulator):
+    from django.contrib.auth import get_user_model
+
+    from tests.ai_providers.conftest import EMULATOR_KEY
+
+    good = AIProvider.objects.create(name="Kie.ai", kind="kie", base_url=kie_emulator.base_url, api_key=EMULATOR_KEY)
+    bad = AIProvider.objects.create(name="Wrong key", kind="kie", base_url=kie_emulator.base_url, api_key="nope")
+    client.force_login(get_user_model().objects.create_superuser("root", "r@example.com", "pw-for-tests-only"))
+
+    response = client.post(
+        "/admin/ai_providers/aiprovider/",
+        {"action": "check_connection", "_selected_action": [good.pk, bad.pk]},
+        follow=True,
+    )
+
+    page = response.content.decode()
+    assert "Kie.ai: Kie.ai reachable, credits:" in page
+    assert "Wrong key: Kie.ai: invalid API key (401)" in page

@@ -1,6 +1,9 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
+
+from .adapters import get_adapter
+from .adapters.base import ProviderError
 
 from .models import AIModel, AIProvider
 
@@ -43,6 +46,17 @@ class AIProviderAdmin(admin.ModelAdmin):
     list_filter = ["kind", "is_active"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["key", "created_at", "updated_at"]
+    actions = ["check_connection"]
+
+    @admin.action(description="Check the connection (and credits) of the selected providers")
+    def check_connection(self, request, queryset) -> None:
+        for provider in queryset:
+            try:
+                answer = get_adapter(provider).check_connection()
+            except (LookupError, NotImplementedError, ProviderError) as exc:
+                self.message_user(request, f"{provider.name}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{provider.name}: {answer}", messages.SUCCESS)
 
     def get_fields(self, request, obj=None):
         return [

@@ -4,7 +4,6 @@ from django.db.models import Count
 
 from .adapters import get_adapter
 from .adapters.base import ProviderError
-
 from .models import AIModel, AIProvider
 
 

@@ -1,5 +1,6 @@
 # Genbox — everything a newcomer or CI needs, from a fresh clone.
-#   make run    API + Celery worker on the embedded defaults (SQLite, local files, filesystem broker)
+#   make demo   start the sandbox, API, worker and beat; walk the quickstart over HTTP; stop
+#   make run    the same stack, staying up (embedded defaults: SQLite, local files, filesystem broker)
 #   make test   the test suite on PostgreSQL, Redis and an S3 endpoint over HTTP (moto)
 PYTHON ?= python3
 VENV := .venv
@@ -8,10 +9,11 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export PYTHONPATH := $(CURDIR)/backend
 
-.PHONY: help install run migrate worker test lint clean
+.PHONY: help install demo run migrate worker test lint clean
 
 help:
-	@echo "make run     start the API on http://127.0.0.1:$(PORT)/ with a Celery worker (embedded defaults)"
+	@echo "make demo    a whole generation on this machine: sandbox, API, worker; exits 0 when it worked"
+	@echo "make run     start the API on http://127.0.0.1:$(PORT)/ with a worker, beat and the sandbox"
 	@echo "make test    run the tests against PostgreSQL, Redis and S3 (moto server)"
 	@echo "make lint    ruff"
 	@echo "make clean   remove var/ (local database, media, broker) — keeps .venv"
@@ -28,8 +30,11 @@ install: $(STAMP)
 migrate: $(STAMP)
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
 
-run: migrate
-	DEBUG=$${DEBUG:-true} bash scripts/run.sh $(PORT)
+demo: $(STAMP)
+	$(BIN)/python scripts/stack.py demo
+
+run: $(STAMP)
+	$(BIN)/python scripts/stack.py run --port $(PORT)
 
 worker: $(STAMP)
 	DEBUG=$${DEBUG:-true} $(BIN)/celery -A config worker --loglevel=INFO

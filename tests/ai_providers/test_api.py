@@ -18,6 +18,7 @@ def test_lists_active_models_with_provider_type_and_parameters(api):
             "id": model.id,
             "name": "nano-banana",
             "provider": model.provider.name,
+            "sandbox": False,
             "model_type": "IMAGE",
             "parameters_schema": model.parameters_schema,
         }

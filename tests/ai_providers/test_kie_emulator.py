@@ -10,20 +10,26 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import queue
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from apps.ai_providers.emulators.kie import KieEmulator, make_png, mp4_stream_chunks, parse_directives
+from apps.ai_providers.emulators import kie
+from apps.ai_providers.emulators.kie import KieEmulator, make_mp4, make_png, mp4_stream_chunks, parse_directives
+from apps.assets.media import inspect_media
 from tests.media_samples import png_bytes
 
 API_KEY = "test-kie-key"
@@ -259,7 +265,7 @@ def test_jobs_video_model_produces_mp4(client: httpx.Client) -> None:
     result = download(url)
     assert result.headers["Content-Type"] == "video/mp4"
     types, width, height = mp4_video_size(result.content, len(result.content))
-    assert types == [b"ftyp", b"moov", b"mdat"]  # moov first: streamable
+    assert types[0] == b"ftyp" and types.index(b"moov") < types.index(b"mdat")  # moov first: streamable
     assert (width, height) == (720, 1280)
 
 
@@ -653,3 +659,166 @@ def test_mp4_stream_chunks_sizes(total: int | None) -> None:
     assert types == [b"ftyp", b"moov", b"mdat"] and (width, height) == (640, 360)
     if length < 10_000_000:
         assert len(head) + sum(len(chunk) for chunk in chunks) == length
+
+
+# --------------------------------------------------------------------------------------------------
+# Playable sandbox videos
+# --------------------------------------------------------------------------------------------------
+
+
+def decoded_frames(path: Path) -> list[bytes]:
+    """Decode every frame of the video at ``path`` with ffmpeg, as 16×16 grey thumbnails.
+
+    Fails the test when ffmpeg reports any error or exits non-zero; skips it without imageio_ffmpeg.
+    """
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg (requirements-dev.txt) is needed")
+    completed = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:v:0"]
+        + ["-vf", "scale=16:16", "-pix_fmt", "gray", "-f", "rawvideo", "-"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0 and completed.stderr == b"", completed.stderr.decode(errors="replace")
+    raw = completed.stdout
+    assert raw and len(raw) % 256 == 0
+    return [raw[offset : offset + 256] for offset in range(0, len(raw), 256)]
+
+
+@pytest.fixture
+def counted_renders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """Record each ``make_mp4`` call the emulator makes, as (prompt, width, height)."""
+    calls: list[tuple[str, int, int]] = []
+
+    def counting(prompt: str, width: int, height: int, *args: Any, **kwargs: Any) -> bytes:
+        calls.append((prompt, width, height))
+        return make_mp4(prompt, width, height, *args, **kwargs)
+
+    monkeypatch.setattr(kie, "make_mp4", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("family", "body", "size"),
+    [
+        ("veo", body_for("veo", "waves at dusk", aspect_ratio="16:9"), (1280, 720)),
+        (
+            "jobs",
+            {"model": "kling/v2-1-text-to-video", "input": {"prompt": "waves", "aspect_ratio": "9:16"}},
+            (720, 1280),
+        ),
+    ],
+)
+def test_video_result_is_a_playable_clip(
+    client: httpx.Client,
+    counted_renders: list[tuple[str, int, int]],
+    tmp_path: Path,
+    family: str,
+    body: dict[str, Any],
+    size: tuple[int, int],
+) -> None:
+    pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg (requirements-dev.txt) renders playable videos")
+    task_id = submit_ok(client, family, body)
+    final = poll_until_done(client, family, task_id)[-1]
+    url = json.loads(final["resultJson"])["resultUrls"][0] if family == "jobs" else final["response"]["resultUrls"][0]
+    video = download(url)  # also checks Content-Length against the body
+    assert video.headers["Content-Type"] == "video/mp4"
+    assert httpx.head(url).headers["Content-Length"] == str(len(video.content))
+    assert download(url).content == video.content
+    assert len(counted_renders) == 1  # rendered once, then served from the cache
+
+    path = tmp_path / "result.mp4"
+    path.write_bytes(video.content)
+    info = inspect_media(path, max_image_side=4096)
+    assert (info.asset_type, info.mime_type, info.width, info.height) == ("VIDEO", "video/mp4", *size)
+    frames = decoded_frames(path)
+    assert len(frames) == 24  # 2 s at 12 fps
+    assert frames[0] != frames[-1]  # it moves
+
+
+def test_concurrent_first_downloads_render_once(
+    client: httpx.Client, counted_renders: list[tuple[str, int, int]]
+) -> None:
+    url = result_url_of(client, "veo", "fox")
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(download(url).content)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and len(set(results)) == 1
+    assert len(counted_renders) == 1
+
+
+def test_make_mp4_sizes_are_even_and_source_is_used(tmp_path: Path) -> None:
+    pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg (requirements-dev.txt) renders playable videos")
+    plain = make_mp4("fox", 321, 199, seconds=0.5, fps=8)
+    assert make_mp4("fox", 321, 199, seconds=0.5, fps=8) == plain  # deterministic
+    with_source = make_mp4("fox", 321, 199, png_bytes(160, 120), seconds=0.5, fps=8)
+    assert with_source != plain
+    for name, data in (("plain.mp4", plain), ("source.mp4", with_source)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        info = inspect_media(path, max_image_side=4096)
+        assert (info.asset_type, info.width, info.height) == ("VIDEO", 320, 198)
+        assert len(decoded_frames(path)) == 4
+
+
+def test_make_mp4_with_mpeg4_when_the_build_lacks_libx264(
+    monkeypatch: pytest.MonkeyPatch, fresh_ffmpeg_probe: None, tmp_path: Path
+) -> None:
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg (requirements-dev.txt) is needed")
+    monkeypatch.setattr(kie, "_ffmpeg", lambda: (imageio_ffmpeg.get_ffmpeg_exe(), ("-c:v", "mpeg4", "-q:v", "5")))
+    path = tmp_path / "mpeg4.mp4"
+    path.write_bytes(make_mp4("fox", 640, 360, seconds=0.5, fps=8))
+    info = inspect_media(path, max_image_side=4096)
+    assert (info.asset_type, info.mime_type, info.width, info.height) == ("VIDEO", "video/mp4", 640, 360)
+    assert len(decoded_frames(path)) == 4
+
+
+def test_sized_video_result_is_the_streamed_placeholder(
+    client: httpx.Client, counted_renders: list[tuple[str, int, int]]
+) -> None:
+    result = download(result_url_of(client, "veo", "fox [[size:300000]]"))
+    assert len(result.content) == 300_000
+    assert result.content == b"".join(mp4_stream_chunks(1280, 720, 300_000)[1])
+    assert counted_renders == []
+
+
+@pytest.fixture
+def fresh_ffmpeg_probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Forget the cached ffmpeg probe and the warnings already logged, before and after the test."""
+    probe = kie._ffmpeg  # the test may replace it
+    monkeypatch.setattr(kie, "_fallback_warnings", set())
+    probe.cache_clear()
+    yield
+    probe.cache_clear()
+
+
+def test_make_mp4_without_imageio_ffmpeg_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_ffmpeg_probe: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # makes the import fail
+    with caplog.at_level(logging.WARNING, logger=kie.__name__):
+        first = make_mp4("fox", 640, 360)
+        second = make_mp4("fox", 641, 361)
+    assert first == second == b"".join(mp4_stream_chunks(640, 360)[1])
+    types, width, height = mp4_video_size(first, len(first))
+    assert types == [b"ftyp", b"moov", b"mdat"] and (width, height) == (640, 360)
+    warnings = [record for record in caplog.records if record.name == kie.__name__]
+    assert len(warnings) == 1 and "no usable ffmpeg" in warnings[0].getMessage()
+
+
+def test_make_mp4_falls_back_when_ffmpeg_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_ffmpeg_probe: None, tmp_path: Path
+) -> None:
+    broken = tmp_path / "ffmpeg"
+    broken.write_text("#!/bin/sh\necho 'boom' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(kie, "_ffmpeg", lambda: (str(broken), ("-c:v", "libx264")))
+    with caplog.at_level(logging.WARNING, logger=kie.__name__):
+        first = make_mp4("fox", 640, 360)
+        make_mp4("fox", 640, 360)
+    assert first == b"".join(mp4_stream_chunks(640, 360)[1])
+    warnings = [record for record in caplog.records if record.name == kie.__name__]
+    assert len(warnings) == 1 and "ffmpeg failed" in warnings[0].getMessage()
+    assert "status 3: boom" in warnings[0].getMessage()

@@ -27,7 +27,7 @@ class AIProviderForm(forms.ModelForm):
 
     class Meta:
         model = AIProvider
-        fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "is_active", "settings"]
+        fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "is_active", "is_sandbox", "settings"]
 
     def clean(self):
         cleaned = super().clean()
@@ -41,8 +41,8 @@ class AIProviderForm(forms.ModelForm):
 @admin.register(AIProvider)
 class AIProviderAdmin(admin.ModelAdmin):
     form = AIProviderForm
-    list_display = ["name", "kind", "base_url", "key", "is_active", "model_count"]
-    list_filter = ["kind", "is_active"]
+    list_display = ["name", "kind", "base_url", "key", "is_active", "is_sandbox", "model_count"]
+    list_filter = ["kind", "is_active", "is_sandbox"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["key", "created_at", "updated_at"]
     actions = ["check_connection"]
@@ -85,8 +85,12 @@ class AIProviderAdmin(admin.ModelAdmin):
 
 @admin.register(AIModel)
 class AIModelAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "provider", "model_type", "api_endpoint", "is_active"]
-    list_filter = ["model_type", "is_active", "provider"]
+    list_display = ["id", "name", "provider", "sandbox", "model_type", "api_endpoint", "is_active"]
+    list_filter = ["model_type", "is_active", "provider__is_sandbox", "provider"]
     search_fields = ["name", "api_endpoint"]
     list_select_related = ["provider"]
     readonly_fields = ["created_at", "updated_at"]
+
+    @admin.display(boolean=True, description="sandbox", ordering="provider__is_sandbox")
+    def sandbox(self, model: AIModel) -> bool:
+        return model.provider.is_sandbox

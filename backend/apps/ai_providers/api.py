@@ -29,10 +29,13 @@ logger = logging.getLogger(__name__)
 
 class AIModelSerializer(serializers.ModelSerializer):
     provider = serializers.CharField(source="provider.name", read_only=True)
+    sandbox = serializers.BooleanField(
+        source="provider.is_sandbox", read_only=True, help_text="A local emulator: results are marked SANDBOX."
+    )
 
     class Meta:
         model = AIModel
-        fields = ["id", "name", "provider", "model_type", "parameters_schema"]
+        fields = ["id", "name", "provider", "sandbox", "model_type", "parameters_schema"]
         read_only_fields = fields
 
 

@@ -22,6 +22,9 @@ class AIProvider(models.Model):
     base_url = models.URLField(max_length=500)
     api_key = models.CharField(max_length=500, blank=True)
     is_active = models.BooleanField(default=True)
+    is_sandbox = models.BooleanField(
+        default=False, help_text="A local emulator for development (setup_sandbox), not a real provider."
+    )
     settings = models.JSONField(default=dict, blank=True, help_text="Adapter options as a JSON object.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

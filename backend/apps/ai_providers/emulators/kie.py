@@ -2,8 +2,9 @@
 
 The wire protocol is the one described in ``/work/shared/protocols.md`` section 1. The emulator exists so
 that clients, workers, benchmarks and the sandbox can be exercised end to end over real HTTP without
-spending credits. It depends only on the standard library, httpx and Pillow: no Django, so it can run in
-plain pytest, in benchmarks and inside a management command alike.
+spending credits. It depends only on the standard library, httpx and Pillow (plus, optionally, the ffmpeg
+binary of the dev-only ``imageio-ffmpeg`` package for playable videos): no Django, so it can run in plain
+pytest, in benchmarks and inside a management command alike.
 
 Contract, in short:
 
@@ -16,8 +17,9 @@ Contract, in short:
   error ``code`` in the body, exactly as Kie does (except the deliberate HTTP-level faults below).
 * A task's state is computed from the clock at poll time: waiting → queuing → generating → success/fail
   after ``duration`` seconds. Results are generated on request and served by the emulator itself under
-  ``/files/<task_id>/<n>.<ext>``: real PNG/JPEG pictures, and structurally valid MP4s whose ``mdat`` is
-  streamed (never held in memory), so multi-gigabyte results cost nothing.
+  ``/files/<task_id>/<n>.<ext>``: real PNG/JPEG pictures and short playable MP4s marked SANDBOX (see
+  ``make_mp4``; rendered once, then cached). A video asked for with ``[[size:N]]`` is instead a structurally
+  valid MP4 whose ``mdat`` is zeros streamed (never held in memory), so multi-gigabyte results cost nothing.
 * Callbacks are POSTed by one scheduler thread (a heap of due times) through a small sender pool,
   optionally signed with ``X-Webhook-Timestamp`` / ``X-Webhook-Signature``; they are never retried.
 * Failure modes are driven through the real API by directives in the prompt, e.g. ``[[fail]]``,
@@ -31,19 +33,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import heapq
 import hmac
 import io
 import itertools
 import json
+import logging
 import math
+import os
 import queue
 import re
 import socket
 import socketserver
 import struct
+import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -60,6 +67,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import httpx
 from PIL import Image, ImageDraw, ImageFont
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DIRECTIVES",
     "FAMILIES",
@@ -68,6 +77,7 @@ __all__ = [
     "FetchedInput",
     "KieEmulator",
     "RecordedRequest",
+    "make_mp4",
     "make_png",
     "mp4_stream_chunks",
 ]
@@ -131,12 +141,17 @@ _INPUT_FETCH_TIMEOUT = 10.0
 _CALLBACK_TIMEOUT = 10.0
 _FETCH_WORKERS = 16
 _CALLBACK_WORKERS = 8
-_IMAGE_CACHE_ENTRIES = 64
+_RESULT_CACHE_ENTRIES = 64  # rendered result files (pictures, sandbox videos of ~50 KB)
 _DEFAULT_VIDEO_PAYLOAD = 64 * 1024
 _STREAM_CHUNK = 256 * 1024
 _ZEROS = memoryview(bytes(_STREAM_CHUNK))
 _IMAGE_SHORT_SIDE = 512
 _VIDEO_SHORT_SIDE = 720
+# Playable sandbox videos (make_mp4): the served clip, the largest side rendered, the longest an encode may take.
+_VIDEO_SECONDS = 2.0
+_VIDEO_FPS = 12
+_MAX_VIDEO_SIDE = 4096
+_ENCODE_TIMEOUT = 60.0
 
 # Share of a task's duration spent "waiting", then "queuing", before "generating" (progress still grows
 # linearly over the whole duration; the phases only make the state strings realistic).
@@ -338,17 +353,29 @@ def _open_thumbnail(source: bytes, max_width: int, max_height: int) -> Image.Ima
         return None
 
 
-def _render_image(prompt: str, width: int, height: int, source: bytes | None) -> Image.Image:
-    """Draw the sandbox picture: a colour from the prompt's hash, the prompt text, a SANDBOX band."""
+def _layout(width: int, height: int) -> tuple[int, int, int, int]:
+    """``(margin, circle radius, SANDBOX label size, band height)`` of the sandbox picture at this size."""
+    short = min(width, height)
+    margin = max(6, short // 32)
+    label_size = max(14, short // 10)
+    return margin, short // 4, label_size, label_size + margin * 2
+
+
+def _palette(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(background, accent)`` colours of the sandbox picture for ``prompt``: a hash colour and its inverse."""
     digest = hashlib.sha256(prompt.encode("utf-8", "replace")).digest()
     background = (40 + digest[0] % 120, 40 + digest[1] % 120, 40 + digest[2] % 120)
-    accent = (255 - background[0], 255 - background[1], 255 - background[2])
+    return background, (255 - background[0], 255 - background[1], 255 - background[2])
+
+
+def _render_image(prompt: str, width: int, height: int, source: bytes | None) -> Image.Image:
+    """Draw the sandbox picture: a colour from the prompt's hash, the prompt text, a SANDBOX band."""
+    background, accent = _palette(prompt)
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     short = min(width, height)
-    margin = max(6, short // 32)
+    margin, radius, label_size, band_height = _layout(width, height)
     # A shape so the result is not a flat colour (some image checks treat uniform pictures as broken).
-    radius = short // 4
     centre_x, centre_y = width - margin - radius, height // 2
     draw.ellipse((centre_x - radius, centre_y - radius, centre_x + radius, centre_y + radius), outline=accent, width=3)
 
@@ -362,8 +389,6 @@ def _render_image(prompt: str, width: int, height: int, source: bytes | None) ->
             image.paste(thumbnail, (margin, margin))
             top = margin * 2 + thumbnail.height
 
-    label_size = max(14, short // 10)
-    band_height = label_size + margin * 2
     text_size = max(10, short // 24)
     line_height = int(text_size * 1.25)
     with _RENDER_LOCK:
@@ -512,6 +537,162 @@ def mp4_stream_chunks(width: int, height: int, total_size: int | None = None) ->
             remaining -= size
 
     return len(head) + payload, chunks()
+
+
+# Why videos are placeholders (logged once per process and kind, so a missing ffmpeg does not flood the log).
+_fallback_warnings: set[str] = set()
+_fallback_warnings_lock = threading.Lock()
+# Concurrent ffmpeg runs: a burst of first downloads must not start one encoder per request.
+_ENCODE_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
+
+class _EncodeError(Exception):
+    """ffmpeg ran but did not produce a video."""
+
+
+def _warn_fallback(kind: str, detail: str) -> None:
+    with _fallback_warnings_lock:
+        if kind in _fallback_warnings:
+            return
+        _fallback_warnings.add(kind)
+    logger.warning("Kie emulator: %s; videos fall back to undecodable placeholder MP4s (logged once)", detail)
+
+
+@lru_cache(maxsize=1)
+def _ffmpeg() -> tuple[str, tuple[str, ...]] | None:
+    """``(ffmpeg executable, encoder arguments)``, or None (and one warning) when there is no usable ffmpeg.
+
+    The binary is the one shipped by ``imageio_ffmpeg``, a dev-only dependency. The encoder is H.264
+    (libx264) when the build has it, else MPEG-4 part 2, which MP4 players decode as well. Probed once.
+    """
+    try:
+        import imageio_ffmpeg
+
+        executable = imageio_ffmpeg.get_ffmpeg_exe()
+        listing = subprocess.run(
+            [executable, "-hide_banner", "-encoders"], capture_output=True, timeout=_ENCODE_TIMEOUT, check=True
+        ).stdout
+    except Exception as exc:  # noqa: BLE001 - ImportError, no binary (RuntimeError), OSError, a failing binary
+        _warn_fallback("unavailable", f"no usable ffmpeg ({type(exc).__name__}: {exc})")
+        return None
+    if re.search(rb"^\s*V\S*\s+libx264\s", listing, re.MULTILINE):
+        return executable, ("-c:v", "libx264", "-preset", "ultrafast", "-crf", "28")
+    return executable, ("-c:v", "mpeg4", "-q:v", "5")
+
+
+def _video_frames(prompt: str, width: int, height: int, source: bytes | None, frames: int, fps: int) -> Iterator[bytes]:
+    """Raw RGB24 frames: the sandbox picture with a dot circling, a bar filling up and a running timecode."""
+    base = _render_image(prompt, width, height, source)
+    _, accent = _palette(prompt)
+    margin, radius, label_size, band_height = _layout(width, height)
+    centre_x, centre_y = width - margin - radius, height // 2
+    dot = max(4, radius // 6)
+    bar_height = max(3, margin // 2)
+    bar_top = height - band_height - bar_height
+    with _RENDER_LOCK:
+        clock_font = _font(max(10, label_size // 2))
+    for index in range(frames):
+        frame = base.copy()
+        draw = ImageDraw.Draw(frame)
+        angle = 2 * math.pi * index / frames - math.pi / 2
+        dot_x, dot_y = centre_x + radius * math.cos(angle), centre_y + radius * math.sin(angle)
+        draw.ellipse((dot_x - dot, dot_y - dot, dot_x + dot, dot_y + dot), fill=accent)
+        draw.rectangle((0, bar_top, width * (index + 1) // frames, bar_top + bar_height), fill=(255, 214, 0))
+        clock = f"{index / fps:4.2f} s"
+        with _RENDER_LOCK:
+            clock_width = draw.textlength(clock, font=clock_font)
+            draw.text(
+                (width - margin - clock_width, height - band_height + margin),
+                clock,
+                fill=(255, 255, 255),
+                font=clock_font,
+            )
+        yield frame.tobytes()
+
+
+def _encode_mp4(
+    tool: tuple[str, tuple[str, ...]], prompt: str, width: int, height: int, source: bytes | None, frames: int, fps: int
+) -> bytes:
+    """Pipe the frames through ffmpeg into a temporary file (``+faststart`` rewrites it, so not a pipe)."""
+    executable, encoder = tool
+    descriptor, output = tempfile.mkstemp(prefix="kie-emulator-", suffix=".mp4")
+    os.close(descriptor)
+    command = [
+        executable,
+        *("-hide_banner", "-loglevel", "error", "-y"),
+        *("-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size", f"{width}x{height}", "-framerate", str(fps)),
+        *("-i", "-", "-an", *encoder, "-pix_fmt", "yuv420p"),
+        # No creation time or encoder tag: equal arguments give equal files.
+        *("-map_metadata", "-1", "-fflags", "+bitexact", "-movflags", "+faststart", "-f", "mp4", output),
+    ]
+    try:
+        with _ENCODE_SLOTS, tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            assert process.stdin is not None
+            watchdog = threading.Timer(_ENCODE_TIMEOUT, process.kill)
+            watchdog.start()
+            try:
+                try:
+                    for frame in _video_frames(prompt, width, height, source, frames, fps):
+                        process.stdin.write(frame)
+                except BrokenPipeError:
+                    pass  # ffmpeg quit early; its exit status and stderr say why
+                finally:
+                    with contextlib.suppress(BrokenPipeError):
+                        process.stdin.close()
+                status = process.wait()
+            finally:
+                watchdog.cancel()
+                if process.poll() is None:  # rendering a frame raised: do not leave ffmpeg behind
+                    process.kill()
+                    process.wait()
+            if status != 0:
+                errors.seek(0)
+                message = errors.read()[-800:].decode("utf-8", "replace").strip()
+                raise _EncodeError(f"ffmpeg exited with status {status}: {message or 'no message'}")
+        with open(output, "rb") as written:
+            data = written.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(output)
+    if data[4:8] != b"ftyp":
+        raise _EncodeError("ffmpeg wrote no MP4")
+    return data
+
+
+def make_mp4(
+    prompt: str,
+    width: int,
+    height: int,
+    source: bytes | None = None,
+    *,
+    seconds: float = _VIDEO_SECONDS,
+    fps: int = _VIDEO_FPS,
+) -> bytes:
+    """A short, playable MP4 of about ``seconds`` at ``fps``, visibly marked as sandbox output.
+
+    Every frame is the `make_png` picture (prompt text, ``source`` pasted in when Pillow reads it, a large
+    "SANDBOX" label) plus a dot circling, a bar filling up and a running timecode, so it plainly moves.
+    Sides are clamped to 16..4096 and rounded down to even numbers (4:2:0 video needs them); ``fps`` is at
+    least 1 and there are at least two frames. Encoded by ffmpeg as H.264 (yuv420p; MPEG-4 part 2 when the
+    build lacks libx264), ``moov`` ahead of ``mdat``. Equal arguments give equal bytes with one ffmpeg build.
+    About 0.15 s (0.25 s of CPU) at 1280×720 with the defaults; at most ``os.cpu_count()`` encodes run at once.
+
+    Never fails for want of ffmpeg: when ``imageio_ffmpeg`` is not importable, or ffmpeg is missing or fails,
+    it returns the structural placeholder of `mp4_stream_chunks` (same size and container, 64 KiB of zeros,
+    not decodable) and logs a warning once per process.
+    """
+    width = max(16, min(int(width), _MAX_VIDEO_SIDE)) // 2 * 2
+    height = max(16, min(int(height), _MAX_VIDEO_SIDE)) // 2 * 2
+    fps = max(1, int(fps))
+    frames = max(2, round(seconds * fps))
+    tool = _ffmpeg()
+    if tool is not None:
+        try:
+            return _encode_mp4(tool, prompt, width, height, source, frames, fps)
+        except (OSError, subprocess.SubprocessError, _EncodeError) as exc:
+            _warn_fallback("failed", f"ffmpeg failed to encode a video ({exc})")
+    return b"".join(mp4_stream_chunks(width, height)[1])
 
 
 def _sniff(head: bytes) -> str | None:
@@ -932,8 +1113,11 @@ class KieEmulator:
         self._accepted_times: list[float] = []  # monotonic times of accepted tasks, for the rolling window
         self._submit500_seen: set[str] = set()
         self._envelopes = itertools.count()
-        self._image_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._image_cache_lock = threading.Lock()
+        # Rendered result files by (task id, file name): a small LRU, plus a lock per file being rendered so
+        # concurrent first downloads of one video encode it once.
+        self._result_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._result_cache_lock = threading.Lock()
+        self._rendering: dict[tuple[str, str], threading.Lock] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._scheduler: _Scheduler | None = None
@@ -1625,32 +1809,52 @@ class KieEmulator:
             return _Response(200, _HTML_RESULT_ERROR, "text/html; charset=utf-8")
         renderer = task.files[name]
         body: bytes | Iterable[bytes]
-        if renderer == "mp4":
+        if renderer == "mp4" and task.video_size is not None:
             length, chunks = mp4_stream_chunks(task.width, task.height, task.video_size)
             body = chunks
         else:
-            body = self._result_image(task, name, renderer)
+            body = self._result_file(task, name, renderer)
             length = len(body)
         if "truncated" in task.directives:
             return _Response(200, _cut(body, length // 2), _CONTENT_TYPES[renderer], length=length, close_after=True)
         return _Response(200, body, _CONTENT_TYPES[renderer], length=length)
 
-    def _result_image(self, task: EmulatedTask, name: str, renderer: str) -> bytes:
-        """Render (or reuse from a small LRU cache) one result picture."""
+    def _result_file(self, task: EmulatedTask, name: str, renderer: str) -> bytes:
+        """One result picture or (not ``[[size:N]]``) video: rendered on first request, then from a small LRU.
+
+        Concurrent first requests for one file wait for a single render. A file evicted from the cache is
+        rendered again, to the same bytes.
+        """
         key = (task.task_id, name)
-        with self._image_cache_lock:
-            cached = self._image_cache.get(key)
+        with self._result_cache_lock:
+            cached = self._result_cache.get(key)
             if cached is not None:
-                self._image_cache.move_to_end(key)
+                self._result_cache.move_to_end(key)
                 return cached
-        label = task.prompt if name.startswith("0.") else f"{task.prompt} (#{name.split('.')[0]})"
-        image = _render_image(label, task.width, task.height, task.source_thumbnail)
-        data = _encode_image(image, "JPEG" if renderer == "jpeg" else "PNG")
-        with self._image_cache_lock:
-            self._image_cache[key] = data
-            while len(self._image_cache) > _IMAGE_CACHE_ENTRIES:
-                self._image_cache.popitem(last=False)
+            rendering = self._rendering.setdefault(key, threading.Lock())
+        with rendering:
+            with self._result_cache_lock:
+                cached = self._result_cache.get(key)
+            if cached is not None:
+                return cached  # rendered by the request this one waited for
+            try:
+                data = self._render_result(task, name, renderer)
+                with self._result_cache_lock:
+                    self._result_cache[key] = data
+                    while len(self._result_cache) > _RESULT_CACHE_ENTRIES:
+                        self._result_cache.popitem(last=False)
+            finally:
+                with self._result_cache_lock:
+                    self._rendering.pop(key, None)
         return data
+
+    @staticmethod
+    def _render_result(task: EmulatedTask, name: str, renderer: str) -> bytes:
+        label = task.prompt if name.startswith("0.") else f"{task.prompt} (#{name.split('.')[0]})"
+        if renderer == "mp4":
+            return make_mp4(label, task.width, task.height, task.source_thumbnail)
+        image = _render_image(label, task.width, task.height, task.source_thumbnail)
+        return _encode_image(image, "JPEG" if renderer == "jpeg" else "PNG")
 
     # ---- uploads ----------------------------------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 """What test_generation and test_video_generation share: a real generation through broker and worker."""
 
-import io
 from pathlib import Path
 
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from apps.ai_providers.demo import sample_png
 from apps.ai_providers.pipeline import generation_start
 from apps.ai_providers.templating import template_variables
 from apps.assets.services import asset_create_upload
@@ -70,7 +70,7 @@ def _upload_source(box, path: str | None):
             raise CommandError(f"--image: no file at {path}")
         data, name = source.read_bytes(), source.name
     else:
-        data, name = _sample_png(), "genbox-sample.png"
+        data, name = sample_png(), "genbox-sample.png"
     upload = TemporaryUploadedFile(name, "application/octet-stream", len(data), None)
     upload.write(data)
     upload.seek(0)
@@ -80,16 +80,3 @@ def _upload_source(box, path: str | None):
         return asset_create_upload(box=box, uploaded_file=upload, prompt_text="test source image")
     except ValidationError as exc:
         raise CommandError(f"--image: {' '.join(exc.messages)}") from exc
-
-
-def _sample_png() -> bytes:
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (768, 512), (40, 90, 160))
-    draw = ImageDraw.Draw(image)
-    for x in range(0, 768, 48):
-        draw.line([(x, 0), (768 - x, 512)], fill=(230, 180, 60), width=3)
-    draw.text((24, 24), "Genbox test image", fill=(255, 255, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

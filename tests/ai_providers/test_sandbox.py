@@ -1,0 +1,92 @@
+"""The sandbox newcomers use: registering it, and the demo's quickstart walk against the real worker."""
+
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from apps.ai_providers import sandbox
+from apps.ai_providers.demo import DemoFailed, sample_png, walk
+from apps.ai_providers.emulators.kie import KieEmulator
+from apps.ai_providers.kie_catalogue import KIE_MODELS
+from apps.ai_providers.models import AIModel, AIProvider
+from apps.assets.models import Asset
+
+
+def setup_sandbox(*args) -> str:
+    out = io.StringIO()
+    call_command("setup_sandbox", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_setup_sandbox_registers_a_labelled_provider_and_is_idempotent():
+    first = setup_sandbox("--kie-url", "http://127.0.0.1:9999", "--allow-production")
+    before = {m.pk: m.updated_at for m in AIModel.objects.all()}
+
+    second = setup_sandbox("--kie-url", "http://127.0.0.1:9999", "--allow-production")
+
+    provider = AIProvider.objects.get()
+    assert (provider.name, provider.is_sandbox, provider.api_key) == (sandbox.KIE_PROVIDER_NAME, True, "sandbox-key")
+    assert AIModel.objects.count() == len(KIE_MODELS)
+    assert "Created provider" in first and "Created" not in second and "Updated" not in second
+    assert {m.pk: m.updated_at for m in AIModel.objects.all()} == before
+
+
+@pytest.mark.django_db
+def test_setup_sandbox_refuses_when_debug_is_off(settings):
+    settings.DEBUG = False
+
+    with pytest.raises(CommandError, match="DEBUG is off"):
+        setup_sandbox()
+
+    assert not AIProvider.objects.exists()
+
+
+@pytest.mark.django_db
+def test_sandbox_models_are_labelled_in_the_api(api):
+    setup_sandbox("--allow-production")
+
+    models = api.get("/api/ai-models/", {"page_size": 100}).json()["results"]
+
+    assert models and all(m["sandbox"] and m["provider"] == "Kie.ai sandbox" for m in models)
+
+
+@pytest.fixture
+def sandbox_emulator():
+    with KieEmulator(api_key=sandbox.KIE_API_KEY, task_seconds=1.0, rate_limit=None) as emulator:
+        yield emulator
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_walk_completes_against_the_real_worker(sandbox_emulator, celery_worker, live_server, bucket):
+    setup_sandbox("--kie-url", sandbox_emulator.base_url, "--allow-production")
+    get_user_model().objects.create_user("demo", password="demo-password-123")
+    lines = []
+
+    assets = walk(
+        live_server.url, username="demo", password="demo-password-123", image=sample_png(), out=lines.append, timeout=60
+    )
+
+    upload, image, video = (Asset.objects.get(pk=assets[role]["id"]) for role in ("upload", "image", "video"))
+    assert (upload.source, image.parent_asset, video.parent_asset) == ("UPLOAD", upload, image)
+    assert (image.status, image.mime_type, video.status, video.mime_type) == (
+        "COMPLETED",
+        "image/png",
+        "COMPLETED",
+        "video/mp4",
+    )
+    output = "\n".join(lines)
+    assert "curl -X POST" in output and "6. Generate a video from that image" in output
+    task = sandbox_emulator.tasks[video.external_task_id]
+    assert task.inputs and task.inputs[0].status == 200, "the sandbox fetched the generated image"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_walk_names_the_failing_step(live_server):
+    get_user_model().objects.create_user("demo", password="demo-password-123")
+
+    with pytest.raises(DemoFailed, match="4. List the AI models: no sandbox model"):
+        walk(live_server.url, username="demo", password="demo-password-123", image=sample_png(), out=lambda _: None)

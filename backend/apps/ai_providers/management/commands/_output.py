@@ -28,6 +28,22 @@ def model_table(models) -> str:
     )
 
 
+def install_kie_catalogue(command, **arguments) -> None:
+    """Run ``kie_catalogue_install`` for a command and print what changed and the provider's models."""
+    from django.core.exceptions import ValidationError
+
+    from apps.ai_providers.services import kie_catalogue_install
+
+    try:
+        provider, report = kie_catalogue_install(**arguments)
+    except ValidationError as exc:
+        raise CommandError(f"a preset failed the model checks: {exc}") from exc
+    for line in report:
+        command.stdout.write(line)
+    command.stdout.write("")
+    command.stdout.write(model_table(provider.models.select_related("provider").order_by("pk")))
+
+
 def all_models():
     return AIModel.objects.select_related("provider").order_by("pk")
 

@@ -1,9 +1,6 @@
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from apps.ai_providers.services import kie_catalogue_install
-
-from ._output import model_table
+from ._output import install_kie_catalogue
 
 
 class Command(BaseCommand):
@@ -16,16 +13,10 @@ class Command(BaseCommand):
         parser.add_argument("--webhook-hmac-key", default=None, help="Verify signed callbacks with this key.")
 
     def handle(self, *args, **options):
-        try:
-            provider, report = kie_catalogue_install(
-                name=options["name"],
-                base_url=options["base_url"],
-                api_key=options["api_key"],
-                webhook_hmac_key=options["webhook_hmac_key"],
-            )
-        except ValidationError as exc:
-            raise CommandError(f"a preset failed the model checks: {exc}") from exc
-        for line in report:
-            self.stdout.write(line)
-        self.stdout.write("")
-        self.stdout.write(model_table(provider.models.select_related("provider").order_by("pk")))
+        install_kie_catalogue(
+            self,
+            name=options["name"],
+            base_url=options["base_url"],
+            api_key=options["api_key"],
+            webhook_hmac_key=options["webhook_hmac_key"],
+        )

@@ -1,11 +1,9 @@
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.ai_providers import sandbox
-from apps.ai_providers.services import kie_catalogue_install
 
-from ._output import model_table
+from ._output import install_kie_catalogue
 
 
 class Command(BaseCommand):
@@ -27,19 +25,13 @@ class Command(BaseCommand):
             raise CommandError(
                 "The sandbox is for development and DEBUG is off. Pass --allow-production to register it anyway."
             )
-        try:
-            provider, report = kie_catalogue_install(
-                name=sandbox.KIE_PROVIDER_NAME,
-                base_url=options["kie_url"],
-                api_key=sandbox.KIE_API_KEY,
-                is_sandbox=True,
-                extra_settings=(
-                    {"upload_inputs": True, "upload_base_url": options["kie_url"]} if options["upload_inputs"] else {}
-                ),
-            )
-        except ValidationError as exc:
-            raise CommandError(f"a preset failed the model checks: {exc}") from exc
-        for line in report:
-            self.stdout.write(line)
-        self.stdout.write("")
-        self.stdout.write(model_table(provider.models.select_related("provider").order_by("pk")))
+        install_kie_catalogue(
+            self,
+            name=sandbox.KIE_PROVIDER_NAME,
+            base_url=options["kie_url"],
+            api_key=sandbox.KIE_API_KEY,
+            is_sandbox=True,
+            extra_settings=(
+                {"upload_inputs": True, "upload_base_url": options["kie_url"]} if options["upload_inputs"] else {}
+            ),
+        )

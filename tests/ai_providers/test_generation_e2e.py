@@ -345,3 +345,76 @@ def test_source_images_go_through_the_providers_upload_when_configured(api, box,
     sent_urls = kie_emulator.tasks[asset.external_task_id].body["input"]["image_urls"]
     assert sent_urls[0].startswith(f"{kie_emulator.base_url}/uploads/")
     assert kie_emulator.tasks[asset.external_task_id].inputs[0].status == 200
+
+
+def seeded_model(kie) -> AIModel:
+    from apps.ai_providers.kie_catalogue import KIE_FAMILIES
+
+    jobs = KIE_FAMILIES["jobs"]
+    model = AIModel(
+        provider=kie,
+        name="Seeded",
+        model_type="IMAGE",
+        api_endpoint=jobs["submit"],
+        poll_endpoint=jobs["poll"],
+        response_mapping=jobs["mapping"],
+        max_prompt_length=50,
+        request_schema={"model": "test/seeded", "input": {"prompt": "<<prompt>>", "seed": "<<seed>>"}},
+    )
+    model.full_clean()
+    model.save()
+    return model
+
+
+def test_sending_the_stored_seed_back_reproduces_the_request_exactly(api, box, kie, kie_emulator, bucket):
+    model = seeded_model(kie)
+
+    first = wait_for(generate(api, box, model, "a red fox").json()["id"])
+    seed = first.generation_config["seed"]
+    again = wait_for(generate(api, box, model, "a red fox", generation_config={"seed": seed}).json()["id"])
+
+    assert first.status == again.status == Asset.Status.COMPLETED
+    assert isinstance(seed, int) and kie_emulator.tasks[first.external_task_id].body["input"]["seed"] == seed
+    assert first.request_payload == again.request_payload
+
+    def sent(asset):  # each generation has its own callback URL; everything else must match
+        return {k: v for k, v in kie_emulator.tasks[asset.external_task_id].body.items() if k != "callBackUrl"}
+
+    assert sent(first) == sent(again)
+
+
+def test_variants_are_separate_generations_with_distinct_seeds(api, box, kie, kie_emulator, bucket):
+    model = seeded_model(kie)
+
+    response = generate(api, box, model, "a red fox", variants=3, generation_config={"seed": 1000})
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["variant_group"] and len(body["assets"]) == 3
+    assets = [wait_for(a["id"]) for a in body["assets"]]
+    assert [a.status for a in assets] == ["COMPLETED"] * 3
+    assert [a.generation_config["seed"] for a in assets] == [1000, 1001, 1002]
+    assert [a.metadata["variant"] for a in assets] == [1, 2, 3]
+    assert {a.metadata["variant_group"] for a in assets} == {body["variant_group"]}
+    assert len({a.external_task_id for a in assets}) == 3 and len({a.sha256 for a in assets}) >= 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"variants": 9}, "variants: Ensure this value is less than or equal to 8."),
+        ({"variants": 0}, "variants: Ensure this value is greater than or equal to 1."),
+        ({"prompt": "x" * 51}, "prompt: At most 50 characters for this model; this one has 51."),
+        ({"generation_config": {"seed": -1}}, "generation_config.seed: -1 is not allowed"),
+    ],
+)
+def test_variants_prompt_length_and_seed_are_checked(api, box, kie, payload, message):
+    model = seeded_model(kie)
+
+    response = api.post(
+        f"/api/boxes/{box.id}/generate/", {"prompt": "cat", "ai_model_id": model.id, **payload}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(message)
+    assert not Asset.objects.filter(source="GENERATION").exists()

@@ -7,7 +7,7 @@ import logging
 
 from django.db import transaction
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -21,7 +21,7 @@ from config.api import error_body
 
 from .adapters.base import CallbackRejected
 from .models import AIModel
-from .pipeline import CallbackIgnored, generation_start, handle_callback
+from .pipeline import MAX_VARIANTS, CallbackIgnored, generation_start, handle_callback
 from .selectors import ai_model_list_active
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,12 @@ class GenerateSerializer(serializers.Serializer):
     generation_config = serializers.JSONField(
         required=False, default=dict, help_text="Options of the model, as its parameters_schema describes."
     )
+    variants = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_VARIANTS,
+        help_text="Generate N variants with distinct seeds; the answer is then {variant_group, assets}.",
+    )
 
     def validate_ai_model_id(self, value: int) -> AIModel:
         model = ai_model_list_active().filter(pk=value).first()
@@ -78,24 +84,43 @@ class GenerateSerializer(serializers.Serializer):
         return parent
 
 
-class GenerateView(APIView):
-    """Start a generation in one of your boxes: 201 with the asset in PENDING; follow it at /api/assets/{id}/."""
+class VariantsSerializer(serializers.Serializer):
+    variant_group = serializers.CharField(allow_null=True, help_text="Null for a single variant.")
+    assets = AssetSerializer(many=True)
 
-    @extend_schema(request=GenerateSerializer, responses={201: AssetSerializer})
+
+class GenerateView(APIView):
+    """Start a generation in one of your boxes: 201 with the asset in PENDING; follow it at /api/assets/{id}/.
+
+    With ``variants`` the answer is ``{"variant_group", "assets": [...]}``, one asset per variant.
+    """
+
+    @extend_schema(
+        request=GenerateSerializer,
+        responses={201: PolymorphicProxySerializer("Generated", [AssetSerializer, VariantsSerializer], None)},
+    )
     def post(self, request, box_id: int):
         box = get_object_or_404(box_list_for_user(user=request.user), pk=box_id)
         serializer = GenerateSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         with transaction.atomic():
-            asset = generation_start(
+            assets = generation_start(
                 box=box,
                 model=data["ai_model_id"],
                 prompt=data["prompt"],
                 parent=data.get("parent_asset_id"),
                 config=data["generation_config"],
+                variants=data.get("variants", 1),
             )
-        return Response(AssetSerializer(asset, context={"request": request}).data, status=status.HTTP_201_CREATED)
+        context = {"request": request}
+        if "variants" not in data:
+            return Response(AssetSerializer(assets[0], context=context).data, status=status.HTTP_201_CREATED)
+        body = {
+            "variant_group": assets[0].metadata.get("variant_group"),
+            "assets": AssetSerializer(assets, many=True, context=context).data,
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class CallbackView(APIView):

@@ -69,6 +69,9 @@ class AIModel(models.Model):
         blank=True,
         help_text="Where the provider's answers keep the task id, status, results and errors (README: Adding a model).",
     )
+    max_prompt_length = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Longest prompt the provider accepts; longer ones are refused at the API."
+    )
     timeout_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,

@@ -15,6 +15,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 PARAMETER_TYPES = ("select", "integer", "number", "boolean", "string")
+# Every model takes a seed, declared or not: sending a stored seed back reproduces a request exactly.
+SEED_SPEC = {"type": "integer", "label": "Seed", "min": 0, "max": 2**32 - 1}
 PARAMETER_KEYS = {"type", "label", "description", "default", "options", "min", "max", "required"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -123,13 +125,15 @@ def validate_generation_config(parameters_schema: dict, config: Any) -> dict:
     """Check a user's ``generation_config`` against the model's ``parameters_schema``.
 
     Returns the config with defaults filled in and obvious string spellings converted ("8" → 8 for an
-    integer). Raises ``ValidationError`` with one message per bad key, each naming the key and what is
+    integer); ``seed`` is accepted for every model (``SEED_SPEC``) unless the model describes it itself.
+    Raises ``ValidationError`` with one message per bad key, each naming the key and what is
     allowed; unknown keys and missing required options are errors.
     """
     if config is None:
         config = {}
     if not isinstance(config, dict):
         raise ValidationError({"generation_config": ["Must be a JSON object of option names to values."]})
+    parameters_schema = {"seed": SEED_SPEC, **parameters_schema}
     errors: dict[str, list[str]] = {}
     result: dict[str, Any] = {}
     for name in config:

@@ -31,6 +31,7 @@ import random
 import re
 import secrets
 import tempfile
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -49,7 +50,7 @@ from .adapters.base import Failed, ProviderError, Running, Succeeded
 from .adapters.http import download
 from .adapters.mapping import ResponseMapping
 from .models import AIModel
-from .parameters import validate_generation_config
+from .parameters import SEED_SPEC, validate_generation_config
 from .templating import TemplateError, render_request, template_variables
 
 logger = logging.getLogger(__name__)
@@ -65,24 +66,39 @@ FIRST_POLL_SECONDS = 2.0
 POLL_INTERVAL_MIN = 2.0
 POLL_INTERVAL_MAX = 10.0
 CALLBACK_POLL_INTERVAL_MAX = 60.0
+MAX_VARIANTS = 8
 SUBMIT_BACKOFF_MAX = 60.0
-_SEED_MAX = 2**31 - 1
 
 
 # --- Starting a generation ---------------------------------------------------------------------------
 
 
 def generation_start(
-    *, box, model: AIModel, prompt: str, parent: Asset | None = None, config: dict | None = None
-) -> Asset:
-    """Validate a generate request and queue it; returns the PENDING asset. Raises ``ValidationError``.
+    *,
+    box,
+    model: AIModel,
+    prompt: str,
+    parent: Asset | None = None,
+    config: dict | None = None,
+    variants: int = 1,
+) -> list[Asset]:
+    """Validate a generate request and queue ``variants`` generations; returns the PENDING assets.
 
-    The submit task is enqueued when the surrounding transaction commits.
+    Each variant has its own seed (the given ``seed`` + its index, or random ones), kept in its
+    ``generation_config`` so that sending it back reproduces the request exactly; variants share a
+    ``variant_group`` in ``metadata`` and otherwise live (and fail) on their own. Raises ``ValidationError``.
+    The submit tasks are enqueued when the surrounding transaction commits.
     """
     from .tasks import generation_submit
 
     if model.model_type == AIModel.ModelType.TEXT:
         raise ValidationError({"ai_model_id": ["This is a text model; it cannot generate images or videos."]})
+    if model.max_prompt_length and len(prompt) > model.max_prompt_length:
+        raise ValidationError(
+            {"prompt": [f"At most {model.max_prompt_length} characters for this model; this one has {len(prompt)}."]}
+        )
+    if not 1 <= variants <= MAX_VARIANTS:
+        raise ValidationError({"variants": [f"Between 1 and {MAX_VARIANTS}."]})
     validated = validate_generation_config(model.parameters_schema, config)
     try:
         required, _ = template_variables(model.request_schema)
@@ -95,28 +111,42 @@ def generation_start(
     if parent is not None and {"image_url", "image_urls"} & required and parent.asset_type != Asset.AssetType.IMAGE:
         raise ValidationError({"parent_asset_id": ["The source asset must be an image for this model."]})
 
-    seed = validated.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        seed = random.randint(1, _SEED_MAX)
-    now = timezone.now()
-    asset = Asset.objects.create(
-        box=box,
-        asset_type=model.model_type,
-        source=Asset.Source.GENERATION,
-        status=Status.PENDING,
-        stage=Stage.QUEUED,
-        prompt_text=prompt,
-        ai_model=model,
-        parent_asset=parent,
-        generation_config=validated,
-        callback_token=secrets.token_urlsafe(32),
-        metadata={"seed": seed},
-        next_poll_at=now,
-        deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
+    first_seed = validated.get("seed")
+    seeds = (
+        [(first_seed + index) % (SEED_SPEC["max"] + 1) for index in range(variants)]
+        if first_seed is not None
+        else random.sample(range(1, SEED_SPEC["max"]), variants)
     )
-    logger.info("asset %s: generation queued with model %s (%s); prompt: %s", asset.pk, model.pk, model.name, prompt)
-    generation_submit.delay_on_commit(asset.pk)
-    return asset
+    group = {"variant_group": uuid.uuid4().hex, "variants": variants} if variants > 1 else {}
+    now = timezone.now()
+    assets = []
+    for index, seed in enumerate(seeds):
+        asset = Asset.objects.create(
+            box=box,
+            asset_type=model.model_type,
+            source=Asset.Source.GENERATION,
+            status=Status.PENDING,
+            stage=Stage.QUEUED,
+            prompt_text=prompt,
+            ai_model=model,
+            parent_asset=parent,
+            generation_config={**validated, "seed": seed},
+            callback_token=secrets.token_urlsafe(32),
+            metadata={**group, "variant": index + 1} if group else {},
+            next_poll_at=now,
+            deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
+        )
+        logger.info(
+            "asset %s: generation queued with model %s (%s), seed %s; prompt: %s",
+            asset.pk,
+            model.pk,
+            model.name,
+            seed,
+            prompt,
+        )
+        generation_submit.delay_on_commit(asset.pk)
+        assets.append(asset)
+    return assets
 
 
 # --- Submitting --------------------------------------------------------------------------------------
@@ -469,7 +499,6 @@ def _context(asset: Asset, callback_url: str | None, adapter) -> dict[str, Any]:
         **asset.generation_config,
         "prompt": asset.prompt_text,
         "negative_prompt": asset.generation_config.get("negative_prompt", ""),
-        "seed": asset.metadata.get("seed"),
     }
     if callback_url:
         context["callback_url"] = callback_url

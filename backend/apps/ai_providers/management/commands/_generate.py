@@ -47,7 +47,7 @@ class GenerationCommand(BaseCommand):
 
         try:
             with transaction.atomic():
-                asset = generation_start(box=box, model=model, prompt=options["prompt"], parent=parent, config=config)
+                [asset] = generation_start(box=box, model=model, prompt=options["prompt"], parent=parent, config=config)
         except ValidationError as exc:
             raise CommandError(f"rejected: {exc.message_dict if hasattr(exc, 'error_dict') else exc.messages}") from exc
         asset = follow(asset, timeout=options["timeout"], write=self.stdout.write)

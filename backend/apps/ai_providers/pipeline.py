@@ -38,7 +38,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.assets.media import MediaRejected, inspect_media
@@ -158,7 +159,7 @@ def submit(asset_id: int) -> None:
     claimed = Asset.objects.filter(pk=asset_id, stage=Stage.QUEUED, next_poll_at__lte=now + _DUE_SLACK).update(
         status=Status.PROCESSING,
         stage=Stage.SUBMITTING,
-        started_at=now,
+        started_at=Coalesce("started_at", Value(now)),  # the first attempt's time, kept across rate-limit retries
         next_poll_at=now + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS),
         submit_attempts=F("submit_attempts") + 1,
     )

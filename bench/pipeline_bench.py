@@ -122,7 +122,7 @@ class Process:
 class Stack:
     """Emulator (in this process), API (gunicorn) and worker (celery, 2 processes), on a fresh database."""
 
-    def __init__(self, *, callbacks: bool, task_seconds: float, rate_limit: int | None = None):
+    def __init__(self, *, callbacks: bool, task_seconds: float, rate_limit: int | None = None, concurrency: int = 2):
         from apps.ai_providers.emulators.kie import KieEmulator
 
         fresh_database()
@@ -166,7 +166,7 @@ class Stack:
                 "config",
                 "worker",
                 "--loglevel=WARNING",
-                "--concurrency=2",
+                f"--concurrency={concurrency}",
                 "--without-gossip",
                 "--without-mingle",
             ],
@@ -291,7 +291,9 @@ def percentile(values: list[float], share: float) -> float:
 def inflight(args) -> dict:
     from apps.assets.models import Asset
 
-    stack = Stack(callbacks=args.callbacks, task_seconds=args.seconds, rate_limit=args.rate_limit)
+    stack = Stack(
+        callbacks=args.callbacks, task_seconds=args.seconds, rate_limit=args.rate_limit, concurrency=args.concurrency
+    )
     try:
         cpu_before = stack.worker.cpu_seconds()
         components_before = cpu_by_component(stack)
@@ -413,6 +415,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="provider time per generation (inflight)")
     parser.add_argument("--size", type=int, default=1_000_000_000, help="result bytes (large)")
     parser.add_argument("--no-callbacks", dest="callbacks", action="store_false")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default: 2, as shipped)")
     parser.add_argument("--rate-limit", type=int, default=None, help="emulator: new tasks per 10 s (inflight)")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

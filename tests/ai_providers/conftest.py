@@ -43,6 +43,8 @@ class Worker:
                 "-A",
                 "config",
                 "worker",
+                "-B",  # beat inside: the sweeper's safety-net polls and deadlines run as in production
+                f"--schedule={ROOT / 'var' / 'test-celerybeat-schedule'}",
                 "--loglevel=INFO",
                 "--concurrency=2",
                 "--without-gossip",
@@ -109,6 +111,8 @@ def celery_worker(django_db_setup, live_server):
         "PUBLIC_BASE_URL": live_server.url,
         "GENBOX_POLL_ERROR_LIMIT": "3",
         "GENBOX_SUBMIT_LEASE_SECONDS": "5",
+        "GENBOX_SWEEP_INTERVAL": "1",
+        "GENBOX_SAFETY_POLL_SECONDS": "3",
         "PYTHONPATH": f"{ROOT / 'backend'}{os.pathsep}{ROOT}",
     }
     worker = Worker(env)

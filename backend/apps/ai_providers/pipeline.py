@@ -16,14 +16,18 @@ The rules:
    after sending, an unreadable 2xx) is treated the same way. Definite refusals worth waiting out (429,
    maintenance, 5xx, no connection) go back to QUEUED and are retried with backoff until the deadline.
 3. No worker waits for a provider. After each poll the next one is scheduled with a countdown and the
-   due time is kept in ``next_poll_at``; intervals start at 2 s and grow with the task's age (sparser when
-   a callback is expected). ``deadline_at`` (the model's timeout) ends it.
+   due time is kept in ``next_poll_at``; intervals start at 2 s and grow with the task's age.
+   ``deadline_at`` (the model's timeout) ends it.
 4. A callback (``/api/callbacks/<token>/``) makes the asset due at once: the poll that follows reads the
-   authoritative result, so a forged or partial callback body can never complete an asset.
+   authoritative result, so a forged or partial callback body can never complete an asset. While a
+   callback is expected (``awaits_callback``) no countdown polls are scheduled: the sweeper sends a sparse
+   safety-net poll whenever ``next_poll_at`` passes (``GENBOX_SAFETY_POLL_SECONDS`` at first, growing with
+   the task's age to 5 min), in case the callback is lost.
 5. Results are streamed to a temporary file, identified by their bytes (``inspect_media``), then streamed
    to storage; size, type, dimensions and SHA-256 are recorded.
 6. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
-   (killed worker, flushed broker), fails what is past its deadline or lease, and retries stale stores.
+   (killed worker, flushed broker), sends the safety-net polls of rule 4, fails what is past its deadline or
+   lease, and retries stale stores.
 """
 
 import logging
@@ -66,7 +70,7 @@ _POLL_LEASE = timedelta(seconds=120)
 FIRST_POLL_SECONDS = 2.0
 POLL_INTERVAL_MIN = 2.0
 POLL_INTERVAL_MAX = 10.0
-CALLBACK_POLL_INTERVAL_MAX = 60.0
+CALLBACK_POLL_INTERVAL_MAX = 300.0
 MAX_VARIANTS = 8
 SUBMIT_BACKOFF_MAX = 60.0
 
@@ -189,12 +193,14 @@ def submit(asset_id: int) -> None:
         return
 
     now = timezone.now()
+    first_poll = settings.GENBOX_SAFETY_POLL_SECONDS if submitted.callback_expected else FIRST_POLL_SECONDS
     moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
         stage=Stage.POLLING,
         external_task_id=submitted.task_id,
         submitted_at=now,
         request_payload=redact(body, adapter.secrets() + [asset.callback_token]),
-        next_poll_at=now + timedelta(seconds=FIRST_POLL_SECONDS),
+        awaits_callback=submitted.callback_expected,
+        next_poll_at=now + timedelta(seconds=first_poll),
         deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
         poll_errors=0,
     )
@@ -204,7 +210,8 @@ def submit(asset_id: int) -> None:
         )
         return
     logger.info("asset %s: submitted, provider task %s", asset.pk, submitted.task_id)
-    _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
+    if not submitted.callback_expected:
+        _schedule_poll(asset.pk, first_poll)
 
 
 def _submit_failed(asset: Asset, error: ProviderError) -> None:
@@ -268,7 +275,8 @@ def poll(asset_id: int) -> None:
             poll_errors=0,
             next_poll_at=now + timedelta(seconds=delay),
         )
-        _schedule_poll(asset.pk, delay)
+        if not asset.awaits_callback:  # otherwise the sweeper sends the next one when it is due
+            _schedule_poll(asset.pk, delay)
     elif isinstance(result, Failed):
         _fail(asset, result.message, Stage.POLLING)
     elif isinstance(result, Succeeded):
@@ -296,12 +304,12 @@ def _poll_failed(asset: Asset, error: ProviderError) -> None:
 def _poll_delay(asset: Asset, now) -> float:
     """Seconds until the next poll: quick at first, then a growing share of the task's age, with jitter.
 
-    With a callback on its way polling is only a safety net, so it thins out further.
+    With a callback on its way polling is only a safety net, so it is much sparser.
     """
     age = (now - (asset.submitted_at or now)).total_seconds()
     mapping = ResponseMapping.from_json(asset.ai_model.response_mapping) if asset.ai_model.response_mapping else None
-    if settings.PUBLIC_BASE_URL and mapping is not None and mapping.callback_field:
-        delay = min(max(age, 5.0), CALLBACK_POLL_INTERVAL_MAX)
+    if asset.awaits_callback:
+        delay = min(max(age, settings.GENBOX_SAFETY_POLL_SECONDS), CALLBACK_POLL_INTERVAL_MAX)
     else:
         cap = (mapping.poll_interval_max if mapping and mapping.poll_interval_max else None) or POLL_INTERVAL_MAX
         delay = min(max(age * 0.5, POLL_INTERVAL_MIN), cap)
@@ -426,7 +434,14 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
 
     now = timezone.now()
     overdue = now - timedelta(seconds=settings.GENBOX_SWEEP_GRACE)
-    counts = {"lost_submissions": 0, "timed_out": 0, "requeued_submits": 0, "requeued_polls": 0, "restored": 0}
+    counts = {
+        "lost_submissions": 0,
+        "timed_out": 0,
+        "requeued_submits": 0,
+        "requeued_polls": 0,
+        "safety_polls": 0,
+        "restored": 0,
+    }
 
     for asset in Asset.objects.filter(stage=Stage.SUBMITTING, next_poll_at__lt=now)[:batch]:
         counts["lost_submissions"] += _fail(
@@ -442,11 +457,14 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
     ]:
         generation_submit.delay(asset_id)
         counts["requeued_submits"] += 1
-    for asset_id in Asset.objects.filter(stage=Stage.POLLING, next_poll_at__lt=overdue).values_list("pk", flat=True)[
-        :batch
-    ]:
+    lost_polls = Asset.objects.filter(stage=Stage.POLLING, awaits_callback=False, next_poll_at__lt=overdue)
+    for asset_id in lost_polls.values_list("pk", flat=True)[:batch]:
         generation_poll.delay(asset_id)
         counts["requeued_polls"] += 1
+    safety_polls = Asset.objects.filter(stage=Stage.POLLING, awaits_callback=True, next_poll_at__lt=now)
+    for asset_id in safety_polls.values_list("pk", flat=True)[:batch]:
+        generation_poll.delay(asset_id)
+        counts["safety_polls"] += 1
     for asset_id in Asset.objects.filter(stage=Stage.STORING, next_poll_at__lt=now).values_list("pk", flat=True)[
         :batch
     ]:

@@ -71,6 +71,9 @@ class Asset(models.Model):
     poll_count = models.PositiveIntegerField(default=0)
     poll_errors = models.PositiveIntegerField(default=0, help_text="Consecutive failed polls.")
     callback_token = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    awaits_callback = models.BooleanField(
+        default=False, help_text="The provider will call back; polls are a sparse safety net sent by the sweeper."
+    )
     request_payload = models.JSONField(null=True, blank=True, help_text="The rendered request, secrets redacted.")
 
     created_at = models.DateTimeField(auto_now_add=True)  # queued

@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Submitted:
-    """The provider accepted the task."""
+    """The provider accepted the task; ``callback_expected`` when it was given our callback URL."""
 
     task_id: str
+    callback_expected: bool = False
 
 
 @dataclass(frozen=True)

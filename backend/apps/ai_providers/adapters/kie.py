@@ -116,7 +116,7 @@ class KieAdapter(Adapter):
                 retryable=False,
                 ambiguous=True,
             )
-        return Submitted(task_id=str(task_id))
+        return Submitted(task_id=str(task_id), callback_expected=bool(callback_url and mapping.callback_field))
 
     def poll(self, model, task_id: str) -> PollResult:
         mapping = ResponseMapping.from_json(model.response_mapping)

@@ -20,9 +20,9 @@ The rules:
    ``deadline_at`` (the model's timeout) ends it.
 4. A callback (``/api/callbacks/<token>/``) makes the asset due at once: the poll that follows reads the
    authoritative result, so a forged or partial callback body can never complete an asset. While a
-   callback is expected (``awaits_callback``) no countdown polls are scheduled: the sweeper sends a sparse
-   safety-net poll whenever ``next_poll_at`` passes (``GENBOX_SAFETY_POLL_SECONDS`` at first, growing with
-   the task's age to 5 min), in case the callback is lost.
+   callback is expected (``awaits_callback``) only the first poll (at 2 s) is scheduled: after it the sweeper
+   sends a sparse safety-net poll whenever ``next_poll_at`` passes (``GENBOX_SAFETY_POLL_SECONDS``, growing
+   with the task's age to 5 min), in case the callback is lost.
 5. Results are streamed to a temporary file, identified by their bytes (``inspect_media``), then streamed
    to storage; size, type, dimensions and SHA-256 are recorded.
 6. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
@@ -193,14 +193,13 @@ def submit(asset_id: int) -> None:
         return
 
     now = timezone.now()
-    first_poll = settings.GENBOX_SAFETY_POLL_SECONDS if submitted.callback_expected else FIRST_POLL_SECONDS
     moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
         stage=Stage.POLLING,
         external_task_id=submitted.task_id,
         submitted_at=now,
         request_payload=redact(body, adapter.secrets() + [asset.callback_token]),
         awaits_callback=submitted.callback_expected,
-        next_poll_at=now + timedelta(seconds=first_poll),
+        next_poll_at=now + timedelta(seconds=FIRST_POLL_SECONDS),
         deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
         poll_errors=0,
     )
@@ -210,8 +209,9 @@ def submit(asset_id: int) -> None:
         )
         return
     logger.info("asset %s: submitted, provider task %s", asset.pk, submitted.task_id)
-    if not submitted.callback_expected:
-        _schedule_poll(asset.pk, first_poll)
+    # Always one early poll: a fast provider's callback can arrive before the task id is saved (and is then
+    # ignored), and many tasks are done within seconds.
+    _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
 
 
 def _submit_failed(asset: Asset, error: ProviderError) -> None:

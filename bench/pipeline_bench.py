@@ -400,7 +400,9 @@ def throughput(args) -> dict:
             "completed": sum(a.status == Asset.Status.COMPLETED for a in assets),
             "api_requests_per_s": round(args.count / (api_done - started), 1),
             "callbacks_received": sum(1 for t in stack.emulator.tasks.values() if t.callback_status == 200),
-            "callback_errors": sorted({str(t.callback_error)[:80] for t in stack.emulator.tasks.values() if t.callback_error}),
+            "callback_errors": sorted(
+                {str(t.callback_error)[:80] for t in stack.emulator.tasks.values() if t.callback_error}
+            ),
             "seconds_first_request_to_last_completed": round(last - started, 1),
             "generations_per_s": round(args.count / (last - started), 1),
             "worker_cpu_ms_per_generation": round(cpu * 1000 / len(assets), 1),

@@ -106,14 +106,14 @@ def generation_start(
         raise ValidationError({"variants": [f"Between 1 and {MAX_VARIANTS}."]})
     validated = validate_generation_config(model.parameters_schema, config)
     try:
-        required, _ = template_variables(model.request_schema)
+        needs_source = needs_source_image(model)
     except TemplateError as exc:  # a model saved without its checks (e.g. straight through the ORM)
         raise ValidationError({"ai_model_id": [f"This model is misconfigured: {exc}"]}) from exc
-    if {"image_url", "image_urls"} & required and parent is None:
+    if needs_source and parent is None:
         raise ValidationError({"parent_asset_id": ["This model needs a source image: pass parent_asset_id."]})
     if parent is not None and (parent.status != Status.COMPLETED or not parent.file):
         raise ValidationError({"parent_asset_id": ["The source asset has no file yet (it is not COMPLETED)."]})
-    if parent is not None and {"image_url", "image_urls"} & required and parent.asset_type != Asset.AssetType.IMAGE:
+    if parent is not None and needs_source and parent.asset_type != Asset.AssetType.IMAGE:
         raise ValidationError({"parent_asset_id": ["The source asset must be an image for this model."]})
 
     first_seed = validated.get("seed")
@@ -152,6 +152,12 @@ def generation_start(
         generation_submit.delay_on_commit(asset.pk)
         assets.append(asset)
     return assets
+
+
+def needs_source_image(model: AIModel) -> bool:
+    """Whether the model's request uses the parent image (``<<image_url>>`` / ``<<image_urls>>`` without default)."""
+    required, _ = template_variables(model.request_schema)
+    return bool({"image_url", "image_urls"} & required)
 
 
 # --- Submitting --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ The storage itself is Django's default storage, chosen in settings: S3 (django-s
 """
 
 import logging
+import os
 from collections.abc import Iterable
 from functools import cache
 
@@ -76,8 +77,6 @@ def check_storage() -> None:
     if settings.USE_S3:
         default_storage.connection.meta.client.head_bucket(Bucket=default_storage.bucket_name)
         return
-    import os
-
     location = default_storage.location
     os.makedirs(location, exist_ok=True)
     if not os.access(location, os.W_OK):

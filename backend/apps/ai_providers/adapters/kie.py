@@ -79,9 +79,19 @@ class KieAdapter(Adapter):
             return None
         return envelope if isinstance(envelope, dict) and "code" in envelope else None
 
-    def _envelope(self, response, *, what: str) -> dict:
-        """The JSON envelope with body code 200; anything else raises ``ProviderError``."""
+    def _envelope(self, response, *, what: str, billable: bool = False) -> dict:
+        """The JSON envelope with body code 200; anything else raises ``ProviderError``.
+
+        ``billable``: the request may have created a (paid) task, so a 2xx whose body cannot be read is
+        ambiguous, never retried.
+        """
         envelope = self._read(response)
+        if envelope is None and billable and response.is_success:
+            raise ProviderError(
+                f"Kie.ai: unreadable answer to {what} (HTTP {response.status_code}); the task may exist",
+                retryable=False,
+                ambiguous=True,
+            )
         if envelope is None:
             transient = response.status_code >= 500 or response.status_code in (408, 429) or response.status_code < 300
             snippet = response.text[:120].replace("\n", " ")
@@ -101,14 +111,7 @@ class KieAdapter(Adapter):
         if callback_url and mapping.callback_field:
             body = {**body, mapping.callback_field: callback_url}
         response = send(self.label, "POST", self._url(model.api_endpoint), headers=self._headers(), json=body)
-        if response.is_success and self._read(response) is None:
-            # A 2xx whose body we cannot read may still have created a (billable) task.
-            raise ProviderError(
-                f"Kie.ai: unreadable answer to the submission (HTTP {response.status_code}); the task may exist",
-                retryable=False,
-                ambiguous=True,
-            )
-        envelope = self._envelope(response, what="the submission")
+        envelope = self._envelope(response, what="the submission", billable=True)
         task_id = dig(envelope, mapping.task_id_path)
         if not task_id:
             raise ProviderError(

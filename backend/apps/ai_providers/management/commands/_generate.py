@@ -1,14 +1,15 @@
 """What test_generation and test_video_generation share: a real generation through broker and worker."""
 
+import json
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from apps.ai_providers.demo import sample_png
-from apps.ai_providers.pipeline import generation_start
-from apps.ai_providers.templating import template_variables
+from apps.ai_providers.pipeline import generation_start, needs_source_image
 from apps.assets.services import asset_create_upload
 from apps.assets.storage import file_url
 
@@ -27,24 +28,19 @@ class GenerationCommand(BaseCommand):
         parser.add_argument("--timeout", type=float, default=1800, help="Seconds to wait (default 1800).")
 
     def handle(self, *args, **options):
-        import json
-
         try:
             config = json.loads(options["config"])
         except ValueError as exc:
             raise CommandError(f"--config is not JSON: {exc}") from exc
         model = pick_model(options["model"], self.model_type)
         box = cli_box()
-        needs_image = bool({"image_url", "image_urls"} & template_variables(model.request_schema)[0])
         parent = None
-        if options["image"] or needs_image:
+        if options["image"] or needs_source_image(model):
             parent = _upload_source(box, options["image"])
             self.stdout.write(f"Source image: asset {parent.pk} ({parent.width}×{parent.height})")
         self.stdout.write(
             f"Generating with {model.provider.name} / {model.name} (id {model.pk}): {options['prompt']!r}"
         )
-        from django.core.exceptions import ValidationError
-
         try:
             with transaction.atomic():
                 [asset] = generation_start(box=box, model=model, prompt=options["prompt"], parent=parent, config=config)
@@ -74,8 +70,6 @@ def _upload_source(box, path: str | None):
     upload = TemporaryUploadedFile(name, "application/octet-stream", len(data), None)
     upload.write(data)
     upload.seek(0)
-    from django.core.exceptions import ValidationError
-
     try:
         return asset_create_upload(box=box, uploaded_file=upload, prompt_text="test source image")
     except ValidationError as exc:

@@ -235,6 +235,12 @@ GENBOX_SAFETY_POLL_SECONDS = _env_positive_int("GENBOX_SAFETY_POLL_SECONDS", 30)
 GENBOX_RESULT_MAX_BYTES = _env_positive_int("GENBOX_RESULT_MAX_BYTES", 5 * 1024**3)
 GENBOX_RESULT_MAX_SIDE = _env_positive_int("GENBOX_RESULT_MAX_SIDE", 16384)
 GENBOX_SOURCE_URL_EXPIRE = _env_positive_int("GENBOX_SOURCE_URL_EXPIRE", 24 * 3600)
+# Providers that answer synchronously (AUTOMATIC1111, the Kandinsky service) hold a worker for the whole
+# generation; their submissions go to this queue, served by workers with one slot per GPU
+# (``celery -A config worker -Q gpu --concurrency 1``). A provider's ``settings.queue`` overrides it.
+GENBOX_GPU_QUEUE = env.str("GENBOX_GPU_QUEUE", default="gpu")
+# Where setup_kandinsky (and the compose stack) finds the Kandinsky 2.2 service (services/kandinsky/).
+KANDINSKY_SERVICE_URL = env.str("KANDINSKY_SERVICE_URL", default="http://localhost:8002")
 
 # --- REST API ----------------------------------------------------------------------------------------
 

@@ -59,6 +59,11 @@ class GenerateSerializer(serializers.Serializer):
     prompt = serializers.CharField(max_length=20000, trim_whitespace=True)
     ai_model_id = serializers.IntegerField()
     parent_asset_id = serializers.IntegerField(required=False, allow_null=True)
+    mask_asset_id = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Inpainting: an image of the source's size, white where the model may paint.",
+    )
     generation_config = serializers.JSONField(
         required=False, default=dict, help_text="Options of the model, as its parameters_schema describes."
     )
@@ -76,12 +81,18 @@ class GenerateSerializer(serializers.Serializer):
         return model
 
     def validate_parent_asset_id(self, value: int | None) -> Asset | None:
+        return self._own_asset(value)
+
+    def validate_mask_asset_id(self, value: int | None) -> Asset | None:
+        return self._own_asset(value)
+
+    def _own_asset(self, value: int | None) -> Asset | None:
         if value is None:
             return None
-        parent = asset_list_for_user(user=self.context["request"].user).filter(pk=value).first()
-        if parent is None:
+        asset = asset_list_for_user(user=self.context["request"].user).filter(pk=value).first()
+        if asset is None:
             raise serializers.ValidationError(f"No asset with id {value} in your boxes.")
-        return parent
+        return asset
 
 
 class VariantsSerializer(serializers.Serializer):
@@ -110,6 +121,7 @@ class GenerateView(APIView):
                 model=data["ai_model_id"],
                 prompt=data["prompt"],
                 parent=data.get("parent_asset_id"),
+                mask=data.get("mask_asset_id"),
                 config=data["generation_config"],
                 variants=data.get("variants", 1),
             )

@@ -72,6 +72,11 @@ class AIModel(models.Model):
     max_prompt_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Longest prompt the provider accepts; longer ones are refused at the API."
     )
+    resizes_source = models.BooleanField(
+        default=False,
+        help_text="img2img: the model sets its own output size (an upscaler). Otherwise the output keeps the "
+        "source image's size and requested width/height are ignored.",
+    )
     timeout_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -98,15 +103,21 @@ class AIModel(models.Model):
 
     def clean(self) -> None:
         """Everything a model must satisfy before it is saved, from the admin, a command or the API."""
+        from .adapters import adapter_class
         from .adapters.mapping import validate_response_mapping
         from .templating import TemplateError, check_schema_variables
+
+        try:  # each adapter knows the response_mapping it can use
+            check_mapping = adapter_class(self.provider.kind).validate_response_mapping
+        except (LookupError, AIProvider.DoesNotExist):
+            check_mapping = validate_response_mapping
 
         # Checked here rather than as field validators: those are skipped for "empty" values like [] and {}.
         errors = {}
         for field, validate in (
             ("request_schema", validate_request_schema),
             ("parameters_schema", validate_parameters_schema),
-            ("response_mapping", validate_response_mapping),
+            ("response_mapping", lambda value: check_mapping(value, self.request_schema)),
         ):
             try:
                 validate(getattr(self, field))

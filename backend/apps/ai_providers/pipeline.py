@@ -30,11 +30,15 @@ The rules:
    lease, and retries stale stores.
 """
 
+import contextlib
+import functools
+import hashlib
 import logging
 import random
 import re
 import secrets
 import tempfile
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -42,6 +46,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
+from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -50,13 +55,19 @@ from apps.assets.media import MediaRejected, inspect_media
 from apps.assets.models import Asset
 from apps.assets.storage import file_url
 
-from .adapters import get_adapter
-from .adapters.base import Failed, ProviderError, Running, Succeeded
-from .adapters.http import download
+from .adapters import adapter_class, get_adapter
+from .adapters.base import Failed, ProviderError, Running, Source, SourceUnreachable, Succeeded
+from .adapters.http import Download, download
 from .adapters.mapping import ResponseMapping
 from .models import AIModel
 from .parameters import SEED_SPEC, validate_generation_config
-from .templating import TemplateError, render_request, template_variables
+from .templating import (
+    MASK_VARIABLES,
+    SOURCE_IMAGE_VARIABLES,
+    TemplateError,
+    render_request,
+    template_variables,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,13 @@ POLL_INTERVAL_MAX = 10.0
 CALLBACK_POLL_INTERVAL_MAX = 300.0
 MAX_VARIANTS = 8
 SUBMIT_BACKOFF_MAX = 60.0
+# img2img (seeds/img2img-audit.md): what a source image may be, and the denoise strength when none is given.
+SOURCE_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+SOURCE_MAX_SIDE = 4096
+DENOISE_PARAMETERS = ("denoise", "denoising_strength", "strength")
+DENOISE_DEFAULT = 0.65
+# How often a synchronous generation's progress is read from the provider.
+SYNC_PROGRESS_SECONDS = 2.0
 
 
 # --- Starting a generation ---------------------------------------------------------------------------
@@ -84,6 +102,7 @@ def generation_start(
     model: AIModel,
     prompt: str,
     parent: Asset | None = None,
+    mask: Asset | None = None,
     config: dict | None = None,
     variants: int = 1,
 ) -> list[Asset]:
@@ -93,9 +112,12 @@ def generation_start(
     ``generation_config`` so that sending it back reproduces the request exactly; variants share a
     ``variant_group`` in ``metadata`` and otherwise live (and fail) on their own. Raises ``ValidationError``.
     The submit tasks are enqueued when the surrounding transaction commits.
-    """
-    from .tasks import generation_submit
 
+    img2img (a model whose request uses the source image): the source must be a PNG, JPEG or WEBP of at
+    most 4096×4096; the output keeps its size, so ``width``/``height`` become the source's (a different
+    requested size is noted in ``metadata.ignored_options``) unless the model ``resizes_source``; a denoise
+    option left out is 0.65 unless the model sets its own default. ``mask`` is an inpainting mask.
+    """
     if model.model_type == AIModel.ModelType.TEXT:
         raise ValidationError({"ai_model_id": ["This is a text model; it cannot generate images or videos."]})
     if model.max_prompt_length and len(prompt) > model.max_prompt_length:
@@ -104,17 +126,58 @@ def generation_start(
         )
     if not 1 <= variants <= MAX_VARIANTS:
         raise ValidationError({"variants": [f"Between 1 and {MAX_VARIANTS}."]})
-    validated = validate_generation_config(model.parameters_schema, config)
     try:
-        needs_source = needs_source_image(model)
+        required, optional = template_variables(model.request_schema)
     except TemplateError as exc:  # a model saved without its checks (e.g. straight through the ORM)
         raise ValidationError({"ai_model_id": [f"This model is misconfigured: {exc}"]}) from exc
+    needs_source = bool(SOURCE_IMAGE_VARIABLES & required)
     if needs_source and parent is None:
         raise ValidationError({"parent_asset_id": ["This model needs a source image: pass parent_asset_id."]})
-    if parent is not None and (parent.status != Status.COMPLETED or not parent.file):
-        raise ValidationError({"parent_asset_id": ["The source asset has no file yet (it is not COMPLETED)."]})
-    if parent is not None and needs_source and parent.asset_type != Asset.AssetType.IMAGE:
-        raise ValidationError({"parent_asset_id": ["The source asset must be an image for this model."]})
+    if parent is not None:
+        _check_source(parent, "parent_asset_id", strict=needs_source)
+    mask_variables = MASK_VARIABLES & (required | optional)
+    if mask_variables & required and mask is None:
+        raise ValidationError({"mask_asset_id": ["This model paints into a mask: pass mask_asset_id."]})
+    if mask is not None:
+        if not mask_variables:
+            raise ValidationError({"mask_asset_id": ["This model takes no mask."]})
+        if parent is None:
+            raise ValidationError({"mask_asset_id": ["A mask needs the image it belongs to: pass parent_asset_id."]})
+        _check_source(mask, "mask_asset_id", strict=True)
+        if (mask.width, mask.height) != (parent.width, parent.height):
+            raise ValidationError(
+                {
+                    "mask_asset_id": [
+                        f"The mask is {mask.width}×{mask.height}; it must have the source image's size, "
+                        f"{parent.width}×{parent.height}."
+                    ]
+                }
+            )
+
+    config = dict(config) if isinstance(config, dict) else config
+    img2img = parent is not None and needs_source
+    if img2img and isinstance(config, dict):
+        for name in DENOISE_PARAMETERS:
+            spec = model.parameters_schema.get(name)
+            if spec is not None and config.get(name) is None and "default" not in spec:
+                config[name] = DENOISE_DEFAULT
+    validated = validate_generation_config(model.parameters_schema, config)
+    metadata: dict[str, Any] = {}
+    if img2img and not model.resizes_source:
+        source_size = {"width": parent.width, "height": parent.height}
+        ignored = {
+            name: config[name]
+            for name in source_size
+            if config.get(name) is not None and validated.get(name) != source_size[name]
+        }
+        if ignored:
+            metadata["ignored_options"] = {
+                **ignored,
+                "reason": f"img2img keeps the source image's size, {parent.width}×{parent.height}",
+            }
+        validated.update({name: value for name, value in source_size.items() if name in model.parameters_schema})
+    if mask is not None:
+        metadata["mask_asset_id"] = mask.pk
 
     first_seed = validated.get("seed")
     seeds = (
@@ -123,6 +186,7 @@ def generation_start(
         else random.sample(range(1, SEED_SPEC["max"]), variants)
     )
     group = {"variant_group": uuid.uuid4().hex, "variants": variants} if variants > 1 else {}
+    queue = submit_queue(model)
     now = timezone.now()
     assets = []
     for index, seed in enumerate(seeds):
@@ -137,7 +201,7 @@ def generation_start(
             parent_asset=parent,
             generation_config={**validated, "seed": seed},
             callback_token=secrets.token_urlsafe(32),
-            metadata={**group, "variant": index + 1} if group else {},
+            metadata={**metadata, **group, "variant": index + 1} if group else metadata,
             next_poll_at=now,
             deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
         )
@@ -149,15 +213,50 @@ def generation_start(
             seed,
             prompt,
         )
-        generation_submit.delay_on_commit(asset.pk)
+        transaction.on_commit(functools.partial(_enqueue_submit, asset.pk, queue))
         assets.append(asset)
     return assets
 
 
 def needs_source_image(model: AIModel) -> bool:
-    """Whether the model's request uses the parent image (``<<image_url>>`` / ``<<image_urls>>`` without default)."""
+    """Whether the model's request uses the parent image (``<<image_url>>``, ``<<image_name>>``, … without default)."""
     required, _ = template_variables(model.request_schema)
-    return bool({"image_url", "image_urls"} & required)
+    return bool(SOURCE_IMAGE_VARIABLES & required)
+
+
+def _check_source(asset: Asset, field: str, *, strict: bool) -> None:
+    """A source or mask must be a finished file; one the provider reads must be an image it can take."""
+    if asset.status != Status.COMPLETED or not asset.file:
+        raise ValidationError({field: ["That asset has no file yet (it is not COMPLETED)."]})
+    if not strict:
+        return
+    if asset.asset_type != Asset.AssetType.IMAGE or asset.mime_type not in SOURCE_IMAGE_TYPES:
+        raise ValidationError({field: [f"Must be a PNG, JPEG or WEBP image; this asset is {asset.mime_type}."]})
+    if not asset.width or not asset.height or max(asset.width, asset.height) > SOURCE_MAX_SIDE:
+        raise ValidationError(
+            {
+                field: [
+                    f"At most {SOURCE_MAX_SIDE}×{SOURCE_MAX_SIDE} pixels; this image is {asset.width}×{asset.height}."
+                ]
+            }
+        )
+
+
+def submit_queue(model: AIModel) -> str | None:
+    """The queue for a model's submissions: the GPU queue for synchronous providers, else the default one."""
+    try:
+        synchronous = adapter_class(model.provider.kind).synchronous
+    except LookupError:  # no adapter for this kind: the submission fails, saying so
+        return None
+    if not synchronous:
+        return None
+    return (model.provider.settings or {}).get("queue") or settings.GENBOX_GPU_QUEUE
+
+
+def _enqueue_submit(asset_id: int, queue: str | None, countdown: float | None = None) -> None:
+    from .tasks import generation_submit
+
+    generation_submit.apply_async((asset_id,), queue=queue, countdown=countdown)
 
 
 # --- Submitting --------------------------------------------------------------------------------------
@@ -182,9 +281,9 @@ def submit(asset_id: int) -> None:
         return
     try:
         adapter = get_adapter(model.provider)
-        callback_url = _callback_url(asset)
+        callback_url = None if adapter.synchronous else _callback_url(asset)
         body = render_request(model.request_schema, _context(asset, callback_url, adapter))
-    except (LookupError, TemplateError, NotImplementedError) as exc:
+    except (LookupError, TemplateError, NotImplementedError, SourceUnreachable) as exc:
         _fail(asset, f"The request for {model.name} could not be built: {exc}", Stage.SUBMITTING)
         return
     except ProviderError as error:  # uploading the source image to the provider failed; nothing was submitted
@@ -192,6 +291,9 @@ def submit(asset_id: int) -> None:
         return
 
     logger.info("asset %s: submitting to %s (attempt %s)", asset.pk, model.provider.name, asset.submit_attempts)
+    if adapter.synchronous:
+        _run(asset, model, adapter, body)
+        return
     try:
         submitted = adapter.submit(model, body, callback_url=callback_url)
     except ProviderError as error:
@@ -220,9 +322,67 @@ def submit(asset_id: int) -> None:
     _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
 
 
-def _submit_failed(asset: Asset, error: ProviderError) -> None:
-    from .tasks import generation_submit
+def _run(asset: Asset, model: AIModel, adapter, body: dict) -> None:
+    """A synchronous provider: the request is the whole generation, so this worker (on the GPU queue) waits.
 
+    The submission lease is stretched to the model's timeout first, so the sweeper does not take a long
+    generation for a dead worker; progress is read from the provider meanwhile.
+    """
+    timeout = model.effective_timeout_seconds
+    started = timezone.now()
+    Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
+        next_poll_at=started + timedelta(seconds=timeout + 60)
+    )
+    try:
+        with _progress_reader(asset.pk, adapter):
+            result = adapter.run(model, body, timeout=timeout)
+    except ProviderError as error:
+        _submit_failed(asset, error)
+        return
+    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
+        stage=Stage.POLLING,
+        submitted_at=started,
+        request_payload=redact(body, adapter.secrets()),
+        next_poll_at=timezone.now() + timedelta(seconds=timeout),
+    )
+    if not moved:
+        logger.error("asset %s: %s answered after the generation was given up", asset.pk, model.provider.name)
+        return
+    if isinstance(result, Failed):
+        _fail(asset, result.message, Stage.POLLING)
+    else:
+        _store(asset, result)
+
+
+@contextlib.contextmanager
+def _progress_reader(asset_id: int, adapter):
+    """While a synchronous generation runs, copy the provider's progress onto the asset every few seconds."""
+    from django.db import connection
+
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.wait(SYNC_PROGRESS_SECONDS):
+                try:
+                    progress = adapter.progress()
+                except ProviderError:
+                    continue
+                if progress is not None:
+                    Asset.objects.filter(pk=asset_id, stage=Stage.SUBMITTING).update(progress=progress)
+        finally:
+            connection.close()  # this thread's own connection
+
+    reader = threading.Thread(target=read, name=f"progress-{asset_id}", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reader.join(timeout=5)
+
+
+def _submit_failed(asset: Asset, error: ProviderError) -> None:
     now = timezone.now()
     if error.retryable and not error.ambiguous and now < asset.deadline_at:
         delay = _backoff(asset.submit_attempts, error.retry_after, cap=SUBMIT_BACKOFF_MAX)
@@ -234,7 +394,7 @@ def _submit_failed(asset: Asset, error: ProviderError) -> None:
         )
         if moved:
             logger.warning("asset %s: %s; submitting again in %.1f s", asset.pk, error.message, delay)
-            generation_submit.apply_async((asset.pk,), countdown=delay)
+            _enqueue_submit(asset.pk, submit_queue(asset.ai_model), countdown=delay)
         return
     message = error.message
     if error.ambiguous:
@@ -366,9 +526,13 @@ def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asse
 
 def _store(asset: Asset, result: Succeeded) -> None:
     now = timezone.now()
-    metadata = {**asset.metadata, "result_urls": [_strip_query(url) for url in result.result_urls]}
+    metadata = dict(asset.metadata)
+    if result.result_urls:
+        metadata["result_urls"] = [_strip_query(url) for url in result.result_urls]
     if result.cost:
         metadata["provider_cost"] = result.cost
+    if result.details:
+        metadata["provider_info"] = result.details
     moved = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
         stage=Stage.STORING,
         provider_finished_at=now,
@@ -381,7 +545,13 @@ def _store(asset: Asset, result: Succeeded) -> None:
     label = asset.ai_model.provider.name
     with tempfile.NamedTemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR, prefix="genbox-result-") as spool:
         try:
-            fetched = download(label, result.result_urls[0], spool, max_bytes=settings.GENBOX_RESULT_MAX_BYTES)
+            if result.content is not None:
+                fetched = _spool_content(result.content, spool)
+            else:
+                headers = get_adapter(asset.ai_model.provider).download_headers()
+                fetched = download(
+                    label, result.result_urls[0], spool, max_bytes=settings.GENBOX_RESULT_MAX_BYTES, headers=headers
+                )
         except ProviderError as error:
             _store_failed(asset, error)
             return
@@ -416,6 +586,12 @@ def _store(asset: Asset, result: Succeeded) -> None:
     logger.info("asset %s: completed, %s bytes of %s stored as %s", asset.pk, fetched.size, info.mime_type, name)
 
 
+def _spool_content(content: bytes, spool) -> Download:
+    spool.write(content)
+    spool.flush()
+    return Download(content_type="", size=len(content), sha256=hashlib.sha256(content).hexdigest())
+
+
 def _store_failed(asset: Asset, error: ProviderError) -> None:
     errors = asset.poll_errors + 1
     if error.retryable and errors < settings.GENBOX_POLL_ERROR_LIMIT:
@@ -436,7 +612,7 @@ def _store_failed(asset: Asset, error: ProviderError) -> None:
 
 def sweep(*, batch: int = 500) -> dict[str, int]:
     """Repair what lost messages and dead workers left behind (rule 6). Returns counts per action."""
-    from .tasks import generation_poll, generation_submit
+    from .tasks import generation_poll
 
     now = timezone.now()
     overdue = now - timedelta(seconds=settings.GENBOX_SWEEP_GRACE)
@@ -458,10 +634,10 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
         )
     for asset in Asset.objects.filter(stage__in=[Stage.QUEUED, Stage.POLLING], deadline_at__lt=now)[:batch]:
         counts["timed_out"] += _fail_timeout(asset)
-    for asset_id in Asset.objects.filter(stage=Stage.QUEUED, next_poll_at__lt=overdue).values_list("pk", flat=True)[
-        :batch
-    ]:
-        generation_submit.delay(asset_id)
+    for asset in Asset.objects.filter(stage=Stage.QUEUED, next_poll_at__lt=overdue).select_related(
+        "ai_model__provider"
+    )[:batch]:
+        _enqueue_submit(asset.pk, submit_queue(asset.ai_model) if asset.ai_model else None)
         counts["requeued_submits"] += 1
     lost_polls = Asset.objects.filter(stage=Stage.POLLING, awaits_callback=False, next_poll_at__lt=overdue)
     for asset_id in lost_polls.values_list("pk", flat=True)[:batch]:
@@ -529,32 +705,30 @@ def _context(asset: Asset, callback_url: str | None, adapter) -> dict[str, Any]:
         context["callback_url"] = callback_url
     parent = asset.parent_asset
     if parent is not None and parent.file:
-        url = _source_url(parent, adapter)
-        context.update(image_url=url, image_urls=[url], width=parent.width, height=parent.height)
+        # The source's size unless the options say otherwise (img2img already made them the source's).
+        context.setdefault("width", parent.width)
+        context.setdefault("height", parent.height)
+        context.update(adapter.source_variables(_source(parent, "image")))
+        mask_id = asset.metadata.get("mask_asset_id")
+        if mask_id:
+            mask = Asset.objects.filter(pk=mask_id).first()
+            if mask is None or not mask.file:
+                raise TemplateError(f"the mask (asset {mask_id}) was deleted before the generation started")
+            context.update(adapter.source_variables(_source(mask, "mask")))
     return context
 
 
-def _source_url(parent: Asset, adapter) -> str:
-    """A URL the provider can fetch the source from: our storage's, or the provider's own upload.
-
-    The provider's upload is used when its settings say ``"upload_inputs": true`` (our storage is private to
-    our network) or when our files have no absolute address (local files without ``PUBLIC_BASE_URL``).
-    """
-    url = file_url(parent.file.name, expire=settings.GENBOX_SOURCE_URL_EXPIRE)
-    absolute = url.startswith(("http://", "https://"))
-    if absolute and not (adapter.provider.settings or {}).get("upload_inputs"):
-        return url
-    try:
-        with parent.file.open("rb") as content:
-            return adapter.upload_input(
-                content, filename=parent.file.name.rsplit("/", 1)[-1], content_type=parent.mime_type
-            )
-    except NotImplementedError:
-        if absolute:
-            raise
-        raise TemplateError(
-            "the source image has no address the provider can fetch: set PUBLIC_BASE_URL, or store files in S3"
-        ) from None
+def _source(asset: Asset, role: str) -> Source:
+    url = file_url(asset.file.name, expire=settings.GENBOX_SOURCE_URL_EXPIRE)
+    return Source(
+        role=role,
+        filename=asset.file.name.rsplit("/", 1)[-1],
+        content_type=asset.mime_type,
+        width=asset.width,
+        height=asset.height,
+        url=url if url.startswith(("http://", "https://")) else None,
+        open=lambda: asset.file.open("rb"),
+    )
 
 
 _SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|authorization|signature)", re.IGNORECASE)

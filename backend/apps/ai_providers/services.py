@@ -6,7 +6,6 @@ from .kie_catalogue import KIE_MODELS, model_fields
 from .models import AIModel, AIProvider
 
 
-@transaction.atomic
 def kie_catalogue_install(
     *,
     name: str,
@@ -16,23 +15,45 @@ def kie_catalogue_install(
     is_sandbox: bool = False,
     extra_settings: dict | None = None,
 ) -> tuple[AIProvider, list[str]]:
-    """Create or update a Kie.ai provider and its preset models; returns it and what changed, in words.
-
-    Idempotent: a second call with the same arguments changes nothing (no row is saved). Models edited by
-    hand are put back to the preset. Raises ``ValidationError`` if a preset does not pass the model checks.
-    """
-    provider = AIProvider.objects.filter(name=name).first()
-    settings = dict(provider.settings or {}) if provider else {}
+    """Create or update a Kie.ai provider and its preset models; see ``provider_install``."""
+    settings = dict(extra_settings or {})
     if webhook_hmac_key is not None:
         settings["webhook_hmac_key"] = webhook_hmac_key
-    settings.update(extra_settings or {})
-    values = {
-        "kind": AIProvider.Kind.KIE,
-        "base_url": base_url,
-        "api_key": api_key,
-        "settings": settings,
-        "is_sandbox": is_sandbox,
-    }
+    return provider_install(
+        name=name,
+        kind=AIProvider.Kind.KIE,
+        base_url=base_url,
+        api_key=api_key,
+        settings=settings,
+        is_sandbox=is_sandbox,
+        models=[{"name": entry["name"], **model_fields(entry)} for entry in KIE_MODELS],
+    )
+
+
+@transaction.atomic
+def provider_install(
+    *,
+    name: str,
+    kind: str,
+    base_url: str,
+    api_key: str | None = None,
+    settings: dict | None = None,
+    is_sandbox: bool = False,
+    models: list[dict],
+) -> tuple[AIProvider, list[str]]:
+    """Create or update a provider and the given models (``{"name", **AIModel fields}``); returns the
+    provider and what changed, in words.
+
+    Idempotent: a second call with the same arguments changes nothing (no row is saved). Models edited by
+    hand are put back to the preset; other models of the provider are left alone. ``settings`` are merged
+    into the provider's; ``api_key`` None keeps the stored key. Raises ``ValidationError`` if a model does
+    not pass the model checks.
+    """
+    provider = AIProvider.objects.filter(name=name).first()
+    merged_settings = {**(provider.settings or {} if provider else {}), **(settings or {})}
+    values = {"kind": kind, "base_url": base_url, "settings": merged_settings, "is_sandbox": is_sandbox}
+    if api_key is not None:
+        values["api_key"] = api_key
     report = []
     if provider is None:
         provider = AIProvider(name=name, **values)
@@ -42,8 +63,8 @@ def kie_catalogue_install(
         changed = _apply(provider, values)
         if changed:
             report.append(f"Updated provider {name}: {', '.join(changed)}")
-    for entry in KIE_MODELS:
-        fields = model_fields(entry)
+    for entry in models:
+        fields = {key: value for key, value in entry.items() if key != "name"}
         model = AIModel.objects.filter(provider=provider, name=entry["name"]).first()
         if model is None:
             _save(AIModel(provider=provider, name=entry["name"], **fields))

@@ -22,8 +22,12 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedErr
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 # Variables Genbox itself supplies to every rendering (on top of the model's parameters).
+# The source image and the inpainting mask, in the form each provider takes them: a URL to fetch (Kie.ai),
+# the name of a file uploaded to the server (ComfyUI) or the file inline as base64 (A1111, Kandinsky).
+SOURCE_IMAGE_VARIABLES = frozenset({"image_url", "image_urls", "image_name", "image_base64"})
+MASK_VARIABLES = frozenset({"mask_url", "mask_urls", "mask_name", "mask_base64"})
 CONTEXT_VARIABLES = frozenset(
-    {"prompt", "negative_prompt", "image_url", "image_urls", "seed", "callback_url", "width", "height"}
+    {"prompt", "negative_prompt", "seed", "callback_url", "width", "height"} | SOURCE_IMAGE_VARIABLES | MASK_VARIABLES
 )
 
 _env = SandboxedEnvironment(
@@ -108,6 +112,19 @@ def template_variables(schema: Any) -> tuple[set[str], set[str]]:
         optional |= soft
         required |= names - soft
     return required, optional - required
+
+
+def template_defaults(schema: Any) -> dict[str, Any]:
+    """The constant defaults written in the schema: ``<<steps|default(20)>>`` → ``{"steps": 20}``."""
+    defaults: dict[str, Any] = {}
+    for path, text in _walk_strings(schema):
+        if "<<" not in text:
+            continue
+        for node in _parse(path, text).find_all(nodes.Filter):
+            if node.name in ("default", "d") and isinstance(node.node, nodes.Name) and node.args:
+                if isinstance(node.args[0], nodes.Const):
+                    defaults.setdefault(node.node.name, node.args[0].value)
+    return defaults
 
 
 def check_schema_variables(schema: Any, provided: set[str]) -> None:

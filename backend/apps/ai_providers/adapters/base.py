@@ -4,8 +4,10 @@ An adapter translates; it never touches the database or storage. The pipeline
 (``apps.ai_providers.pipeline``) decides what each result means for an asset.
 """
 
+import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from apps.ai_providers.models import AIModel, AIProvider
@@ -28,10 +30,17 @@ class Running:
 
 @dataclass(frozen=True)
 class Succeeded:
-    """Done. ``result_urls`` to download, first one is the asset's file; ``cost`` as the provider reports it."""
+    """Done. ``result_urls`` to download, first one is the asset's file; ``cost`` as the provider reports it.
 
-    result_urls: list[str]
+    A synchronous provider answers with the file itself: ``content`` (then ``result_urls`` is empty).
+    ``details`` is what the provider says about the result (A1111's ``info``: seed, sampler, …), stored
+    on the asset as ``metadata.provider_info``.
+    """
+
+    result_urls: list[str] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
+    content: bytes | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,18 +70,63 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class Source:
+    """A stored image a request refers to: the parent asset (``image``) or an inpainting mask (``mask``).
+
+    ``url`` is an absolute address the provider may fetch, or None when our storage has none.
+    """
+
+    role: str
+    filename: str
+    content_type: str
+    width: int | None
+    height: int | None
+    url: str | None
+    open: Callable[[], BinaryIO]
+
+    def read(self) -> bytes:
+        with self.open() as handle:
+            return handle.read()
+
+
+class SourceUnreachable(Exception):
+    """The provider has no way to get the source image; ``str(exc)`` says what to configure."""
+
+
+def base64_variables(source: Source) -> dict[str, Any]:
+    """``<<image_base64>>`` / ``<<mask_base64>>``: the file inline, for providers that take it in the body."""
+    return {f"{source.role}_base64": base64.b64encode(source.read()).decode("ascii")}
+
+
 class CallbackRejected(Exception):
     """A callback request is not genuine or not understood; nothing was changed."""
 
 
 class Adapter:
-    """Speaks one provider's protocol. One instance per provider row; cheap to create."""
+    """Speaks one provider's protocol. One instance per provider row; cheap to create.
+
+    An asynchronous provider (``synchronous = False``) is driven by ``submit`` then ``poll``; a synchronous
+    one answers the request with the result itself and is driven by ``run``, on the GPU queue.
+    """
 
     #: Shown in messages: "Kie.ai: insufficient credits (402)".
     label = "Provider"
+    #: The provider answers a generation request with the result (A1111, Kandinsky): see ``run``.
+    synchronous = False
 
     def __init__(self, provider: "AIProvider"):
         self.provider = provider
+
+    @classmethod
+    def validate_response_mapping(cls, value: Any, request_schema: Any) -> None:
+        """Raise ``ValidationError`` unless ``value`` is a ``response_mapping`` this adapter can use.
+
+        By default the general mapping of async task APIs (``adapters.mapping``).
+        """
+        from .mapping import validate_response_mapping
+
+        validate_response_mapping(value)
 
     def submit(self, model: "AIModel", body: dict, *, callback_url: str | None) -> Submitted:
         """Send the rendered request. Raises ``ProviderError``."""
@@ -81,6 +135,42 @@ class Adapter:
     def poll(self, model: "AIModel", task_id: str) -> PollResult:
         """Ask how the task is doing. Raises ``ProviderError`` when the answer is unusable."""
         raise NotImplementedError
+
+    def run(self, model: "AIModel", body: dict, *, timeout: float) -> "Succeeded | Failed":
+        """Synchronous providers: send the request and wait up to ``timeout`` s for the result.
+
+        Raises ``ProviderError`` when there is no usable answer.
+        """
+        raise NotImplementedError(f"{self.label} is not a synchronous provider")
+
+    def progress(self) -> float | None:
+        """Synchronous providers: 0–1 for the generation running now, when the provider tells."""
+        return None
+
+    def source_variables(self, source: Source) -> dict[str, Any]:
+        """The template variables that hand ``source`` to this provider, named after ``source.role``.
+
+        By default a URL the provider fetches (``<<image_url>>``, ``<<image_urls>>``): our storage's, or
+        one from the provider's own upload API when ``settings.upload_inputs`` is true (our storage is
+        private to our network) or our files have no absolute address.
+        """
+        url = source.url
+        if url is None or (self.provider.settings or {}).get("upload_inputs"):
+            try:
+                with source.open() as content:
+                    url = self.upload_input(content, filename=source.filename, content_type=source.content_type)
+            except NotImplementedError:
+                if url is None:
+                    raise SourceUnreachable(
+                        "the source image has no address the provider can fetch: set PUBLIC_BASE_URL, "
+                        "or store files in S3"
+                    ) from None
+                raise
+        return {f"{source.role}_url": url, f"{source.role}_urls": [url]}
+
+    def download_headers(self) -> dict[str, str]:
+        """Headers for fetching result URLs (providers behind an authenticating proxy)."""
+        return {}
 
     def check_connection(self) -> str:
         """Raise ``ProviderError`` if the provider cannot be used; otherwise a short description (e.g. credits)."""

@@ -80,7 +80,9 @@ class Download:
     sha256: str
 
 
-def download(label: str, url: str, dest: BinaryIO, *, max_bytes: int) -> Download:
+def download(
+    label: str, url: str, dest: BinaryIO, *, max_bytes: int, headers: dict[str, str] | None = None
+) -> Download:
     """Stream ``url`` into ``dest`` (a file on disk), hashing on the way; never holds the body in memory.
 
     Raises ``ProviderError``: retryable for network trouble, 5xx, 429 and a body cut short; final for
@@ -90,7 +92,7 @@ def download(label: str, url: str, dest: BinaryIO, *, max_bytes: int) -> Downloa
     digest = hashlib.sha256()
     size = 0
     try:
-        with client().stream("GET", url) as response:
+        with client().stream("GET", url, headers=headers) as response:
             if response.status_code >= 400:
                 transient = response.status_code >= 500 or response.status_code in (408, 429)
                 raise ProviderError(
@@ -116,3 +118,45 @@ def download(label: str, url: str, dest: BinaryIO, *, max_bytes: int) -> Downloa
         ) from exc
     dest.flush()
     return Download(content_type=content_type.split(";")[0].strip(), size=size, sha256=digest.hexdigest())
+
+
+def status_error(label: str, response: httpx.Response, detail: str, *, what: str) -> ProviderError:
+    """The error for an HTTP error status of a local server, e.g. ``ComfyUI: the status query failed (502): …``.
+
+    401/403: the credentials; 408, 429, 502–504: worth waiting out; other statuses are final (a 500 from a
+    GPU server is a generation that crashed, and would crash again).
+    """
+    code = response.status_code
+    if code in (401, 403):
+        reason = "the server refused the credentials; check the provider's API key"
+    else:
+        reason = f"{what} failed"
+    retryable = code in (408, 429, 502, 503, 504)
+    suffix = f": {detail}" if detail else ""
+    return ProviderError(
+        f"{label}: {reason} (HTTP {code}){suffix}", retryable=retryable, retry_after=retry_after_seconds(response)
+    )
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The readable part of an error body: FastAPI's ``detail`` (a text or a list of field errors), A1111's
+    ``error``/``detail``, or the start of the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].replace("\n", " ").strip()
+    if not isinstance(body, dict):
+        return str(body)[:200]
+    detail = body.get("detail")
+    if isinstance(detail, list):  # FastAPI / pydantic: [{"loc": ["body", "width"], "msg": "..."}]
+        fields = []
+        for item in detail:
+            if isinstance(item, dict):
+                location = [str(part) for part in item.get("loc", []) if part != "body"]
+                fields.append(f"{'.'.join(location) or 'body'}: {item.get('msg', '')}")
+        return "; ".join(fields)
+    error = body.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    parts = [str(part) for part in (error, detail, body.get("message")) if part]
+    return ": ".join(parts)

@@ -168,3 +168,9 @@ def validate_response_mapping(value: Any) -> None:
         errors.append("'poll_interval_max' must be a positive number of seconds.")
     if errors:
         raise ValidationError(errors)
+
+
+def refuse_response_mapping(label: str, value: Any) -> None:
+    """For providers whose answers have one fixed shape: the mapping must stay empty."""
+    if value not in ({}, None):
+        raise ValidationError(f"{label} answers in one fixed shape; leave response_mapping empty ({{}}).")

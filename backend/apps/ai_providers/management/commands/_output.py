@@ -30,15 +30,21 @@ def model_table(models) -> str:
 
 def install_kie_catalogue(command, **arguments) -> None:
     """Run ``kie_catalogue_install`` for a command and print what changed and the provider's models."""
-    from django.core.exceptions import ValidationError
-
     from apps.ai_providers.services import kie_catalogue_install
 
+    install(command, kie_catalogue_install, **arguments)
+
+
+def install(command, install_function, **arguments) -> None:
+    """Run a ``services`` install function for a command; print what changed and the provider's models."""
+    from django.core.exceptions import ValidationError
+
     try:
-        provider, report = kie_catalogue_install(**arguments)
+        provider, report = install_function(**arguments)
     except ValidationError as exc:
-        raise CommandError(f"a preset failed the model checks: {exc}") from exc
-    for line in report:
+        detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        raise CommandError(f"a model failed the model checks: {detail}") from exc
+    for line in report or ["Nothing to change."]:
         command.stdout.write(line)
     command.stdout.write("")
     command.stdout.write(model_table(provider.models.select_related("provider").order_by("pk")))

@@ -1,0 +1,75 @@
+"""The Kandinsky 2.2 service (``services/kandinsky/``): one synchronous ``POST /generate`` answering a PNG.
+
+The source image of img2img goes inline as base64 (``<<image_base64>>``); the service keeps its size. The
+seed it used comes back in ``X-Seed``. Optional Bearer auth with the provider's API key.
+"""
+
+import httpx
+
+from .base import Adapter, ProviderError, Source, Succeeded, base64_variables
+from .http import error_detail, send, status_error
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class KandinskyAdapter(Adapter):
+    label = "Kandinsky"
+    synchronous = True
+
+    def _url(self, path: str) -> str:
+        return self.provider.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.provider.api_key}"} if self.provider.api_key else {}
+
+    def source_variables(self, source: Source) -> dict:
+        return base64_variables(source)
+
+    @classmethod
+    def validate_response_mapping(cls, value, request_schema) -> None:
+        from .mapping import refuse_response_mapping
+
+        refuse_response_mapping(cls.label, value)
+
+    def run(self, model, body: dict, *, timeout: float) -> Succeeded:
+        response = send(
+            self.label,
+            "POST",
+            self._url(model.api_endpoint or "/generate"),
+            json=body,
+            headers=self._headers(),
+            timeout=httpx.Timeout(10.0, read=timeout, write=60.0, pool=10.0),
+        )
+        if response.status_code != 200:
+            detail = error_detail(response)
+            if "out of memory" in detail.lower():
+                detail += " (try a smaller size or fewer steps)"
+            raise status_error(self.label, response, detail, what="the generation")
+        if not response.content.startswith(PNG_SIGNATURE):
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            raise ProviderError(
+                f"{self.label}: the service answered {kind} that is not a PNG ({len(response.content)} bytes)",
+                retryable=False,
+            )
+        details = {}
+        seed = response.headers.get("X-Seed", "")
+        if seed.isdigit():
+            details["seed"] = int(seed)
+        return Succeeded(content=response.content, details=details)
+
+    def check_connection(self) -> str:
+        response = send(self.label, "GET", self._url("/health"), headers=self._headers(), timeout=10.0)
+        if response.status_code != 200:
+            raise status_error(self.label, response, error_detail(response), what="the health check")
+        try:
+            health = response.json()
+        except ValueError as exc:
+            raise ProviderError(f"{self.label}: /health did not answer JSON", retryable=True) from exc
+        if health.get("status") != "healthy" or not health.get("models_loaded"):
+            raise ProviderError(
+                f"{self.label}: the service is up but not ready (status {health.get('status')!r}, "
+                f"models loaded: {health.get('models_loaded')}); POST /reload or see its log",
+                retryable=True,
+            )
+        busy = ", busy" if health.get("busy") else ""
+        return f"Kandinsky 2.2 service ready on {health.get('device', '?')}{busy}"

@@ -37,7 +37,7 @@ run: $(STAMP)
 	$(BIN)/python scripts/stack.py run --port $(PORT)
 
 worker: $(STAMP)
-	DEBUG=$${DEBUG:-true} $(BIN)/celery -A config worker --loglevel=INFO
+	DEBUG=$${DEBUG:-true} $(BIN)/celery -A config worker --queues=celery,gpu --loglevel=INFO
 
 test: $(STAMP)
 	bash scripts/test.sh $(ARGS)

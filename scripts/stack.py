@@ -34,11 +34,11 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, port: int, kie_port: int, *, api_in_foreground: bool):
+    def __init__(self, port: int, sandbox_ports: dict[str, int], *, api_in_foreground: bool):
         self.port = port
-        self.kie_port = kie_port
+        self.sandbox_ports = sandbox_ports  # kie, comfyui, a1111, kandinsky
         self.api_url = f"http://127.0.0.1:{port}"
-        self.kie_url = f"http://127.0.0.1:{kie_port}"
+        self.sandbox_urls = {name: f"http://127.0.0.1:{port}" for name, port in sandbox_ports.items()}
         self.api_in_foreground = api_in_foreground
         self.processes: list[subprocess.Popen] = []
         self.env = {
@@ -67,18 +67,19 @@ class Stack:
         return process
 
     def start(self) -> None:
-        for port, what in ((self.port, "the API"), (self.kie_port, "the Kie.ai sandbox")):
+        wanted = [(self.port, "the API")] + [(port, f"the {name} sandbox") for name, port in self.sandbox_ports.items()]
+        for port, what in wanted:
             if not port_free(port):
                 raise SystemExit(f"Port {port} for {what} is taken (another `make run`?). Stop it or pass --port.")
         step("Migrating the database")
         self.manage("migrate", "--noinput", "-v", "0")
-        step(f"Starting the Kie.ai sandbox on {self.kie_url}")
-        self.spawn(
-            "sandbox",
-            [sys.executable, "manage.py", "run_sandbox", "--kie-port", str(self.kie_port), "--task-seconds", "3"],
-        )
-        self.wait_port(self.kie_port, "the sandbox", LOGS / "sandbox.log")
-        self.manage("setup_sandbox", "--kie-url", self.kie_url, "--allow-production")
+        step(f"Starting the sandbox (Kie.ai, ComfyUI, AUTOMATIC1111, Kandinsky) on {self.sandbox_urls['kie']}, …")
+        ports = [arg for name, port in self.sandbox_ports.items() for arg in (f"--{name}-port", str(port))]
+        self.spawn("sandbox", [sys.executable, "manage.py", "run_sandbox", *ports, "--task-seconds", "3"])
+        for port in self.sandbox_ports.values():
+            self.wait_port(port, "the sandbox", LOGS / "sandbox.log")
+        urls = [arg for name, url in self.sandbox_urls.items() for arg in (f"--{name}-url", url)]
+        self.manage("setup_sandbox", *urls, "--allow-production")
         step("Starting a Celery worker with beat (log: var/stack/worker.log)")
         self.spawn(
             "worker",
@@ -92,6 +93,7 @@ class Stack:
                 "-B",
                 "--loglevel=INFO",
                 "--concurrency=2",
+                "--queues=celery,gpu",  # one worker for all: the sandbox's synchronous servers use the GPU queue
                 "--schedule",
                 str(LOGS / "celerybeat-schedule"),
             ],
@@ -165,7 +167,8 @@ def run(stack: Stack) -> int:
   Admin      {stack.api_url}/admin/        user {DEMO_USER} / password {DEMO_PASSWORD}
   Token      {token}
              curl -H "Authorization: Token {token}" {stack.api_url}/api/ai-models/
-  Sandbox    {stack.kie_url}  (Kie.ai protocol; see QUICKSTART.md for its failure modes)
+  Sandbox    {", ".join(f"{name} {url}" for name, url in stack.sandbox_urls.items())}
+             (emulated providers; see QUICKSTART.md for their failure modes)
   Logs       var/stack/worker.log, var/stack/sandbox.log
 """,
         flush=True,
@@ -212,12 +215,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["run", "demo"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
-    parser.add_argument("--kie-port", type=int, default=None, help="default: 8700 for run, a free port for demo")
+    parser.add_argument(
+        "--sandbox-port",
+        type=int,
+        default=None,
+        help="first of four sandbox ports (default: 8700 for run, free for demo)",
+    )
     args = parser.parse_args()
     os.chdir(ROOT)
-    kie_port = args.kie_port or (8700 if args.mode == "run" else free_port())
+    names = ("kie", "comfyui", "a1111", "kandinsky")
+    if args.mode == "run" or args.sandbox_port:
+        sandbox_ports = {name: (args.sandbox_port or 8700) + index for index, name in enumerate(names)}
+    else:
+        sandbox_ports = {name: free_port() for name in names}
     port = args.port if args.mode == "run" or port_free(args.port) else free_port()
-    stack = Stack(port, kie_port, api_in_foreground=args.mode == "run")
+    stack = Stack(port, sandbox_ports, api_in_foreground=args.mode == "run")
     # A plain `kill` must stop the children too: turn SIGTERM into an exit that runs the `finally` below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.update({k: v for k, v in stack.env.items() if k in ("DEBUG", "PUBLIC_BASE_URL")})

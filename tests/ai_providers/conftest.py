@@ -47,6 +47,7 @@ class Worker:
                 f"--schedule={ROOT / 'var' / 'test-celerybeat-schedule'}",
                 "--loglevel=INFO",
                 "--concurrency=2",
+                "--queues=celery,gpu",  # the GPU queue too: synchronous local servers (A1111, Kandinsky)
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",

@@ -154,28 +154,9 @@ def generation_start(
                 }
             )
 
-    config = dict(config) if isinstance(config, dict) else config
-    img2img = parent is not None and needs_source
-    if img2img and isinstance(config, dict):
-        for name in DENOISE_PARAMETERS:
-            spec = model.parameters_schema.get(name)
-            if spec is not None and config.get(name) is None and "default" not in spec:
-                config[name] = DENOISE_DEFAULT
-    validated = validate_generation_config(model.parameters_schema, config)
-    metadata: dict[str, Any] = {}
-    if img2img and not model.resizes_source:
-        source_size = {"width": parent.width, "height": parent.height}
-        ignored = {
-            name: config[name]
-            for name in source_size
-            if config.get(name) is not None and validated.get(name) != source_size[name]
-        }
-        if ignored:
-            metadata["ignored_options"] = {
-                **ignored,
-                "reason": f"img2img keeps the source image's size, {parent.width}×{parent.height}",
-            }
-        validated.update({name: value for name, value in source_size.items() if name in model.parameters_schema})
+    source_size = (parent.width, parent.height) if parent is not None and needs_source else None
+    validated, ignored = generation_options(model, config, source_size=source_size)
+    metadata: dict[str, Any] = {"ignored_options": ignored} if ignored else {}
     if mask is not None:
         metadata["mask_asset_id"] = mask.pk
 
@@ -216,6 +197,32 @@ def generation_start(
         transaction.on_commit(functools.partial(_enqueue_submit, asset.pk, queue))
         assets.append(asset)
     return assets
+
+
+def generation_options(model: AIModel, config: Any, *, source_size: tuple[int, int] | None) -> tuple[dict, dict]:
+    """The options to generate with, and the requested ones img2img ignores (with the reason).
+
+    ``config`` is checked against the model's options and defaults are filled in. For img2img
+    (``source_size`` given) a denoise option left out is ``DENOISE_DEFAULT`` unless the model has its own
+    default, and ``width``/``height`` are the source's unless the model ``resizes_source``.
+    Raises ``ValidationError``.
+    """
+    if source_size is None or not isinstance(config, dict):
+        return validate_generation_config(model.parameters_schema, config), {}
+    config = dict(config)
+    for name in DENOISE_PARAMETERS:
+        spec = model.parameters_schema.get(name)
+        if spec is not None and config.get(name) is None and "default" not in spec:
+            config[name] = DENOISE_DEFAULT
+    options = validate_generation_config(model.parameters_schema, config)
+    if model.resizes_source:
+        return options, {}
+    size = dict(zip(("width", "height"), source_size, strict=True))
+    ignored = {name: config[name] for name in size if config.get(name) is not None and config[name] != size[name]}
+    options.update({name: value for name, value in size.items() if name in model.parameters_schema})
+    if ignored:
+        ignored["reason"] = f"img2img keeps the source image's size, {source_size[0]}×{source_size[1]}"
+    return options, ignored
 
 
 def needs_source_image(model: AIModel) -> bool:
@@ -740,8 +747,13 @@ def _strip_query(url: str) -> str:
     return f"{base}?…" if sep else base
 
 
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+_INLINE_FILE_MIN_CHARS = 512
+
+
 def redact(value: Any, secret_values: list[str]) -> Any:
-    """A copy of a request fit to store: secret values, secret-named keys and URL signatures removed."""
+    """A copy of a request fit to store: secret values, secret-named keys and URL signatures removed, and
+    files sent inline (base64) replaced by their size and SHA-256, which still tell two requests apart."""
     secret_values = [s for s in secret_values if s]
     if isinstance(value, dict):
         return {
@@ -755,5 +767,8 @@ def redact(value: Any, secret_values: list[str]) -> Any:
             value = value.replace(secret, "[redacted]")
         if value.startswith(("http://", "https://")) and "X-Amz-" in value:
             value = _strip_query(value)
+        elif len(value) >= _INLINE_FILE_MIN_CHARS and _BASE64.match(value):
+            digest = hashlib.sha256(value.encode("ascii")).hexdigest()
+            value = f"[base64 file: {len(value) * 3 // 4} bytes, sha256 of the text {digest}]"
         return value
     return value

@@ -1,4 +1,4 @@
-"""The sandbox: local emulators of provider protocols, registered as providers, for work without credits.
+"""The sandbox: local emulators of provider protocols, registered as providers, for work without credits or GPUs.
 
 ``run_sandbox`` starts the servers, ``setup_sandbox`` registers them; tests use the very same emulators.
 Sandbox providers are flagged ``is_sandbox`` (shown in the admin and the API) and are only ever created by
@@ -8,3 +8,13 @@ Sandbox providers are flagged ``is_sandbox`` (shown in the admin and the API) an
 KIE_PROVIDER_NAME = "Kie.ai sandbox"
 KIE_API_KEY = "sandbox-key"
 KIE_DEFAULT_PORT = 8700
+
+COMFYUI_PROVIDER_NAME = "ComfyUI sandbox"
+COMFYUI_DEFAULT_PORT = 8701
+
+A1111_PROVIDER_NAME = "AUTOMATIC1111 sandbox"
+A1111_AUTH = ("sandbox", "sandbox-password")  # the WebUI's --api-auth, to exercise Basic auth
+A1111_DEFAULT_PORT = 8702
+
+KANDINSKY_PROVIDER_NAME = "Kandinsky sandbox"
+KANDINSKY_DEFAULT_PORT = 8703

@@ -140,7 +140,7 @@ def status_error(label: str, response: httpx.Response, detail: str, *, what: str
 
 def error_detail(response: httpx.Response) -> str:
     """The readable part of an error body: FastAPI's ``detail`` (a text or a list of field errors), A1111's
-    ``error``/``detail``, or the start of the text."""
+    ``error``/``detail``/``errors``, or the start of the text."""
     try:
         body = response.json()
     except ValueError:
@@ -158,5 +158,8 @@ def error_detail(response: httpx.Response) -> str:
     error = body.get("error")
     if isinstance(error, dict):
         error = error.get("message")
-    parts = [str(part) for part in (error, detail, body.get("message")) if part]
+    parts: list[str] = []
+    for part in (error, detail, body.get("errors"), body.get("message")):  # A1111 puts its message in "errors"
+        if part and str(part) not in parts:
+            parts.append(str(part))
     return ": ".join(parts)

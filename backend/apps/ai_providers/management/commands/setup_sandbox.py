@@ -2,19 +2,32 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.ai_providers import sandbox
+from apps.ai_providers.local_catalogue import A1111_MODELS, KANDINSKY_MODELS, comfyui_template_models
+from apps.ai_providers.models import AIProvider
+from apps.ai_providers.services import provider_install
 
-from ._output import install_kie_catalogue
+from ._output import install, install_kie_catalogue
+
+
+def _local(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 class Command(BaseCommand):
-    help = "Register the sandbox emulators (run_sandbox) as providers with their models. Idempotent."
+    help = (
+        "Register the sandbox emulators (run_sandbox) as providers with their models: Kie.ai, ComfyUI, "
+        "AUTOMATIC1111 and the Kandinsky service. Idempotent."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--kie-url", default=f"http://127.0.0.1:{sandbox.KIE_DEFAULT_PORT}")
+        parser.add_argument("--kie-url", default=_local(sandbox.KIE_DEFAULT_PORT))
+        parser.add_argument("--comfyui-url", default=_local(sandbox.COMFYUI_DEFAULT_PORT))
+        parser.add_argument("--a1111-url", default=_local(sandbox.A1111_DEFAULT_PORT))
+        parser.add_argument("--kandinsky-url", default=_local(sandbox.KANDINSKY_DEFAULT_PORT))
         parser.add_argument(
             "--upload-inputs",
             action="store_true",
-            help="Send source images through the sandbox's upload API (when it cannot reach our storage).",
+            help="Send source images through the Kie sandbox's upload API (when it cannot reach our storage).",
         )
         parser.add_argument(
             "--allow-production", action="store_true", help="Register even though DEBUG is off (staging, demos)."
@@ -35,3 +48,25 @@ class Command(BaseCommand):
                 {"upload_inputs": True, "upload_base_url": options["kie_url"]} if options["upload_inputs"] else {}
             ),
         )
+        for name, kind, url, api_key, models in (
+            (sandbox.COMFYUI_PROVIDER_NAME, AIProvider.Kind.COMFYUI, "comfyui_url", None, comfyui_template_models()),
+            (
+                sandbox.A1111_PROVIDER_NAME,
+                AIProvider.Kind.A1111,
+                "a1111_url",
+                ":".join(sandbox.A1111_AUTH),
+                A1111_MODELS,
+            ),
+            (sandbox.KANDINSKY_PROVIDER_NAME, AIProvider.Kind.KANDINSKY, "kandinsky_url", None, KANDINSKY_MODELS),
+        ):
+            self.stdout.write("")
+            install(
+                self,
+                provider_install,
+                name=name,
+                kind=kind,
+                base_url=options[url],
+                api_key=api_key,
+                is_sandbox=True,
+                models=models,
+            )

@@ -1089,15 +1089,17 @@ class ComfyUIEmulator(LocalEmulator):
 
     def handle_websocket(self, request: Request, websocket: WebSocket) -> None:
         sid = request.query.get("clientId") or uuid.uuid4().hex
+        # Registered and greeted under the send lock: no event can overtake the greeting.
         with self._ws_lock:
+            with self.lock:
+                self._sockets.setdefault(sid, []).append(websocket)
+                running, node = self._running, self._current_node
             websocket.send_json(
                 {
                     "type": "status",
                     "data": {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}, "sid": sid},
                 }
             )
-            with self.lock:
-                running, node = self._running, self._current_node
             if (
                 running is not None
                 and node is not None
@@ -1107,8 +1109,6 @@ class ComfyUIEmulator(LocalEmulator):
                 websocket.send_json(
                     {"type": "executing", "data": {"node": node, "display_node": node, "prompt_id": running.prompt_id}}
                 )
-            with self.lock:
-                self._sockets.setdefault(sid, []).append(websocket)
         try:
             websocket.wait_closed()
         finally:

@@ -11,6 +11,7 @@ from apps.ai_providers import sandbox
 from apps.ai_providers.demo import DemoFailed, sample_png, walk
 from apps.ai_providers.emulators.kie import KieEmulator
 from apps.ai_providers.kie_catalogue import KIE_MODELS
+from apps.ai_providers.local_catalogue import A1111_MODELS, COMFYUI_TEMPLATES, KANDINSKY_MODELS
 from apps.ai_providers.models import AIModel, AIProvider
 from apps.assets.models import Asset
 
@@ -21,17 +22,28 @@ def setup_sandbox(*args) -> str:
     return out.getvalue()
 
 
+SANDBOX_PROVIDERS = {
+    sandbox.KIE_PROVIDER_NAME: ("kie", len(KIE_MODELS)),
+    sandbox.COMFYUI_PROVIDER_NAME: ("comfyui", len(COMFYUI_TEMPLATES)),
+    sandbox.A1111_PROVIDER_NAME: ("a1111", len(A1111_MODELS)),
+    sandbox.KANDINSKY_PROVIDER_NAME: ("kandinsky", len(KANDINSKY_MODELS)),
+}
+
+
 @pytest.mark.django_db
-def test_setup_sandbox_registers_a_labelled_provider_and_is_idempotent():
+def test_setup_sandbox_registers_labelled_providers_and_is_idempotent():
     first = setup_sandbox("--kie-url", "http://127.0.0.1:9999", "--allow-production")
     before = {m.pk: m.updated_at for m in AIModel.objects.all()}
 
     second = setup_sandbox("--kie-url", "http://127.0.0.1:9999", "--allow-production")
 
-    provider = AIProvider.objects.get()
-    assert (provider.name, provider.is_sandbox, provider.api_key) == (sandbox.KIE_PROVIDER_NAME, True, "sandbox-key")
-    assert AIModel.objects.count() == len(KIE_MODELS)
-    assert "Created provider" in first and "Created" not in second and "Updated" not in second
+    providers = {p.name: p for p in AIProvider.objects.all()}
+    assert {name: (p.kind, p.models.count()) for name, p in providers.items()} == SANDBOX_PROVIDERS
+    assert all(p.is_sandbox for p in providers.values())
+    assert providers[sandbox.KIE_PROVIDER_NAME].api_key == "sandbox-key"
+    assert providers[sandbox.A1111_PROVIDER_NAME].api_key == ":".join(sandbox.A1111_AUTH)
+    assert providers[sandbox.COMFYUI_PROVIDER_NAME].base_url == f"http://127.0.0.1:{sandbox.COMFYUI_DEFAULT_PORT}"
+    assert first.count("Created provider") == 4 and "Created" not in second and "Updated" not in second
     assert {m.pk: m.updated_at for m in AIModel.objects.all()} == before
 
 
@@ -51,7 +63,8 @@ def test_sandbox_models_are_labelled_in_the_api(api):
 
     models = api.get("/api/ai-models/", {"page_size": 100}).json()["results"]
 
-    assert models and all(m["sandbox"] and m["provider"] == "Kie.ai sandbox" for m in models)
+    assert models and all(m["sandbox"] for m in models)
+    assert {m["provider"] for m in models} == set(SANDBOX_PROVIDERS)
 
 
 @pytest.fixture

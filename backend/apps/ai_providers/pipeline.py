@@ -214,11 +214,14 @@ def generation_options(model: AIModel, config: Any, *, source_size: tuple[int, i
         spec = model.parameters_schema.get(name)
         if spec is not None and config.get(name) is None and "default" not in spec:
             config[name] = DENOISE_DEFAULT
-    options = validate_generation_config(model.parameters_schema, config)
     if model.resizes_source:
-        return options, {}
+        return validate_generation_config(model.parameters_schema, config), {}
     size = dict(zip(("width", "height"), source_size, strict=True))
     ignored = {name: config[name] for name in size if config.get(name) is not None and config[name] != size[name]}
+    for name in size:  # accepted and ignored even where the model has no such option
+        if name not in model.parameters_schema:
+            config.pop(name, None)
+    options = validate_generation_config(model.parameters_schema, config)
     options.update({name: value for name, value in size.items() if name in model.parameters_schema})
     if ignored:
         ignored["reason"] = f"img2img keeps the source image's size, {source_size[0]}×{source_size[1]}"

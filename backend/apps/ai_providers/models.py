@@ -1,7 +1,33 @@
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
 from django.core.exceptions import ValidationError
 from django.db import models
 
 from .parameters import validate_parameters_schema, validate_request_schema
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def validate_server_url(value: str) -> None:
+    """An http(s) base URL. Unlike Django's URLValidator it takes hosts without a dot: local GPU servers are
+    often ``http://comfyui:8188`` in a compose network or a machine's name on a LAN."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError when not a number in range
+    except ValueError as exc:
+        raise ValidationError(f"Not a valid URL: {exc}.") from exc
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValidationError("Enter an http:// or https:// URL with a host, e.g. http://127.0.0.1:8188.")
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not all(_HOST_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        raise ValidationError(f"'{host}' is not a valid host name.")
 
 
 class AIProvider(models.Model):
@@ -19,7 +45,7 @@ class AIProvider(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=32, choices=Kind.choices, help_text="Which adapter speaks to this provider.")
-    base_url = models.URLField(max_length=500)
+    base_url = models.CharField(max_length=500, validators=[validate_server_url])
     api_key = models.CharField(max_length=500, blank=True)
     is_active = models.BooleanField(default=True)
     is_sandbox = models.BooleanField(

@@ -5,50 +5,76 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='AIProvider',
+            name="AIProvider",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('kind', models.CharField(choices=[('kie', 'Kie.ai'), ('comfyui', 'ComfyUI'), ('a1111', 'AUTOMATIC1111 / Forge'), ('kandinsky', 'Kandinsky 2.2 service'), ('openai', 'OpenAI-compatible')], help_text='Which adapter speaks to this provider.', max_length=32)),
-                ('base_url', models.URLField(max_length=500)),
-                ('api_key', models.CharField(blank=True, max_length=500)),
-                ('is_active', models.BooleanField(default=True)),
-                ('settings', models.JSONField(blank=True, default=dict, help_text='Adapter options as a JSON object.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("kie", "Kie.ai"),
+                            ("comfyui", "ComfyUI"),
+                            ("a1111", "AUTOMATIC1111 / Forge"),
+                            ("kandinsky", "Kandinsky 2.2 service"),
+                            ("openai", "OpenAI-compatible"),
+                        ],
+                        help_text="Which adapter speaks to this provider.",
+                        max_length=32,
+                    ),
+                ),
+                ("base_url", models.URLField(max_length=500)),
+                ("api_key", models.CharField(blank=True, max_length=500)),
+                ("is_active", models.BooleanField(default=True)),
+                ("settings", models.JSONField(blank=True, default=dict, help_text="Adapter options as a JSON object.")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'AI provider',
-                'ordering': ['name'],
+                "verbose_name": "AI provider",
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='AIModel',
+            name="AIModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('model_type', models.CharField(choices=[('IMAGE', 'Image'), ('VIDEO', 'Video'), ('TEXT', 'Text')], max_length=10)),
-                ('api_endpoint', models.CharField(help_text="Path of the submit endpoint, relative to the provider's base URL.", max_length=500)),
-                ('request_schema', models.JSONField(default=dict)),
-                ('parameters_schema', models.JSONField(blank=True, default=dict)),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='models', to='ai_providers.aiprovider')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "model_type",
+                    models.CharField(choices=[("IMAGE", "Image"), ("VIDEO", "Video"), ("TEXT", "Text")], max_length=10),
+                ),
+                (
+                    "api_endpoint",
+                    models.CharField(
+                        help_text="Path of the submit endpoint, relative to the provider's base URL.", max_length=500
+                    ),
+                ),
+                ("request_schema", models.JSONField(default=dict)),
+                ("parameters_schema", models.JSONField(blank=True, default=dict)),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="models", to="ai_providers.aiprovider"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'AI model',
-                'ordering': ['provider__name', 'name'],
-                'indexes': [models.Index(fields=['is_active', 'model_type'], name='aimodel_active_type_idx')],
-                'constraints': [models.UniqueConstraint(fields=('provider', 'name'), name='aimodel_unique_name_per_provider')],
+                "verbose_name": "AI model",
+                "ordering": ["provider__name", "name"],
+                "indexes": [models.Index(fields=["is_active", "model_type"], name="aimodel_active_type_idx")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("provider", "name"), name="aimodel_unique_name_per_provider")
+                ],
             },
         ),
     ]

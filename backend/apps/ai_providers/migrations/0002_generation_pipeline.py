@@ -4,25 +4,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ai_providers', '0001_initial'),
+        ("ai_providers", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='aimodel',
-            name='poll_endpoint',
-            field=models.CharField(blank=True, help_text="Path of the task status endpoint, relative to the provider's base URL.", max_length=500),
+            model_name="aimodel",
+            name="poll_endpoint",
+            field=models.CharField(
+                blank=True,
+                help_text="Path of the task status endpoint, relative to the provider's base URL.",
+                max_length=500,
+            ),
         ),
         migrations.AddField(
-            model_name='aimodel',
-            name='response_mapping',
-            field=models.JSONField(blank=True, default=dict, help_text="Where the provider's answers keep the task id, status, results and errors (README: Adding a model)."),
+            model_name="aimodel",
+            name="response_mapping",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="Where the provider's answers keep the task id, status, results and errors (README: Adding a model).",
+            ),
         ),
         migrations.AddField(
-            model_name='aimodel',
-            name='timeout_seconds',
-            field=models.PositiveIntegerField(blank=True, help_text='How long a generation may run at the provider. Empty: 15 min (image), 60 min (video).', null=True),
+            model_name="aimodel",
+            name="timeout_seconds",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="How long a generation may run at the provider. Empty: 15 min (image), 60 min (video).",
+                null=True,
+            ),
         ),
     ]

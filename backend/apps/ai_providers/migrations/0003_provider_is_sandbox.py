@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ai_providers', '0002_generation_pipeline'),
+        ("ai_providers", "0002_generation_pipeline"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='aiprovider',
-            name='is_sandbox',
-            field=models.BooleanField(default=False, help_text='A local emulator for development (setup_sandbox), not a real provider.'),
+            model_name="aiprovider",
+            name="is_sandbox",
+            field=models.BooleanField(
+                default=False, help_text="A local emulator for development (setup_sandbox), not a real provider."
+            ),
         ),
     ]

@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ai_providers', '0003_provider_is_sandbox'),
+        ("ai_providers", "0003_provider_is_sandbox"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='aimodel',
-            name='max_prompt_length',
-            field=models.PositiveIntegerField(blank=True, help_text='Longest prompt the provider accepts; longer ones are refused at the API.', null=True),
+            model_name="aimodel",
+            name="max_prompt_length",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Longest prompt the provider accepts; longer ones are refused at the API.",
+                null=True,
+            ),
         ),
     ]

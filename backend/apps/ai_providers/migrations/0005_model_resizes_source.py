@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ai_providers', '0004_model_max_prompt_length'),
+        ("ai_providers", "0004_model_max_prompt_length"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='aimodel',
-            name='resizes_source',
-            field=models.BooleanField(default=False, help_text="img2img: the model sets its own output size (an upscaler). Otherwise the output keeps the source image's size and requested width/height are ignored."),
+            model_name="aimodel",
+            name="resizes_source",
+            field=models.BooleanField(
+                default=False,
+                help_text="img2img: the model sets its own output size (an upscaler). Otherwise the output keeps the source image's size and requested width/height are ignored.",
+            ),
         ),
     ]

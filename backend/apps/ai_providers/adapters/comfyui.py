@@ -27,6 +27,8 @@ from .http import error_detail, send, status_error
 
 OUTPUT_KEYS = ("images", "gifs", "videos")
 DEFAULT_PROGRESS_WINDOW_SECONDS = 1.0
+# How long a poll waits for ComfyUI's sign that the prompt is running before it stops listening.
+RUNNING_HINT_SECONDS = 0.2
 
 
 def client_id(prompt_id: str) -> str:
@@ -199,7 +201,12 @@ class ComfyUIAdapter(Adapter):
         return self._url("/view") + "?" + urlencode(query)
 
     def _live_progress(self, prompt_id: str) -> float | None:
-        """0–1 from the WebSocket's ``progress`` events, listening briefly; None when it says nothing."""
+        """0–1 from the WebSocket's ``progress`` events, listening briefly; None when it says nothing.
+
+        The client id is this prompt's own, so whatever the socket carries is about it. ComfyUI greets a
+        client whose prompt is running with the node it is executing; without that greeting within
+        ``RUNNING_HINT_SECONDS`` the prompt is still queued, and the poll does not wait out the window.
+        """
         window = float((self.provider.settings or {}).get("progress_window_seconds", DEFAULT_PROGRESS_WINDOW_SECONDS))
         if window <= 0:
             return None
@@ -207,7 +214,8 @@ class ComfyUIAdapter(Adapter):
         progress = None
         try:
             with connect(url, open_timeout=2, close_timeout=1, additional_headers=self._headers()) as websocket:
-                deadline = time.monotonic() + window
+                started = time.monotonic()
+                deadline = started + min(window, RUNNING_HINT_SECONDS)
                 while (left := deadline - time.monotonic()) > 0:
                     try:
                         message = websocket.recv(timeout=left)
@@ -217,8 +225,9 @@ class ComfyUIAdapter(Adapter):
                         continue
                     event = json.loads(message)
                     data = event.get("data") or {}
-                    if data.get("prompt_id") != prompt_id:
+                    if event.get("type") == "status" or data.get("prompt_id") not in (None, prompt_id):
                         continue
+                    deadline = started + window  # it is running: worth listening for progress
                     if event.get("type") == "progress" and data.get("max"):
                         progress = min(1.0, max(0.0, data["value"] / data["max"]))
                     elif event.get("type") == "execution_success":

@@ -137,3 +137,20 @@ def test_inline_files_are_stored_as_size_and_digest():
     assert stored["prompt"] == "short text stays"
     assert stored["init_images"][0].startswith("[base64 file: 1508 bytes, sha256 of the text ")
     assert redact({"init_images": [image]}, []) == {"init_images": stored["init_images"]}
+
+
+def test_synchronous_providers_submit_on_the_gpu_queue(settings):
+    from apps.ai_providers.pipeline import submit_queue
+
+    settings.GENBOX_GPU_QUEUE = "gpu-default"
+    models = {}
+    for kind, presets in (("a1111", A1111_MODELS), ("kandinsky", KANDINSKY_MODELS), ("comfyui", None)):
+        provider, _ = provider_install(
+            name=kind, kind=kind, base_url="http://127.0.0.1:9", models=presets or comfyui_template_models()
+        )
+        models[kind] = provider.models.first()
+
+    assert submit_queue(models["a1111"]) == submit_queue(models["kandinsky"]) == "gpu-default"
+    assert submit_queue(models["comfyui"]) is None  # asynchronous: the default queue
+    models["a1111"].provider.settings = {"queue": "gpu-1"}  # a second GPU with its own worker
+    assert submit_queue(models["a1111"]) == "gpu-1"

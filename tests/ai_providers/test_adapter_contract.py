@@ -410,3 +410,32 @@ def test_kandinsky_reports_the_seed_it_used():
         result = drive(adapter, model, body_for(model, adapter, "mountains", seed=31337, width=128, height=128))
 
     assert result.details == {"seed": 31337}
+
+
+def test_comfyui_a_prompt_the_server_lost_fails_instead_of_running_forever(comfyui):
+    comfyui.task_seconds = 2.0
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="SDXL txt2img")
+    adapter = get_adapter(provider)
+    body = body_for(model, adapter, "queued", width=128, height=128)
+    adapter.submit(model, body, callback_url=None)  # runs first
+    waiting = adapter.submit(model, body, callback_url=None).task_id
+
+    assert isinstance(adapter.poll(model, waiting), Running)
+    httpx.post(f"{comfyui.base_url}/queue", json={"delete": [waiting]})  # e.g. someone cleared the queue
+    result = adapter.poll(model, waiting)
+
+    assert isinstance(result, Failed) and "no longer has this prompt" in result.message
+
+
+def test_comfyui_the_weights_free_template_scales_when_asked(comfyui):
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+
+    kept = drive(adapter, model, body_for(model, adapter, "", parent=png(120, 90)))
+    scaled = drive(adapter, model, body_for(model, adapter, "", parent=png(120, 90), width=60, height=30))
+
+    assert model.resizes_source
+    assert result_image(adapter, kept).size == (120, 90)
+    assert result_image(adapter, scaled).size == (60, 30)

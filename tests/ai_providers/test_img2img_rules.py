@@ -154,3 +154,43 @@ def test_synchronous_providers_submit_on_the_gpu_queue(settings):
     assert submit_queue(models["comfyui"]) is None  # asynchronous: the default queue
     models["a1111"].provider.settings = {"queue": "gpu-1"}  # a second GPU with its own worker
     assert submit_queue(models["a1111"]) == "gpu-1"
+
+
+def test_a_source_larger_than_the_models_size_options_is_refused(a1111):
+    box = BoxFactory()
+
+    with pytest.raises(ValidationError) as caught:
+        generation_start(
+            box=box, model=a1111.get(name="Stable Diffusion img2img"), prompt="x", parent=source(box, width=3000)
+        )
+
+    assert "up to 2048 pixels width" in str(caught.value.message_dict["parent_asset_id"])
+
+
+def test_a_size_option_the_model_lacks_must_still_be_a_number():
+    provider, _ = provider_install(
+        name="ComfyUI", kind="comfyui", base_url="http://127.0.0.1:9", models=comfyui_template_models()
+    )
+
+    with pytest.raises(ValidationError) as caught:
+        generation_options(provider.models.get(name="Flux img2img"), {"width": {"a": 1}}, source_size=(64, 64))
+
+    assert "generation_config.width" in caught.value.message_dict
+
+
+def test_data_urls_are_stored_as_digests_and_short_secrets_do_not_mangle_text():
+    data_url = "data:image/png;base64," + "A" * 2000
+
+    stored = redact({"image": data_url, "prompt": "a pwny", "key": "x"}, ["pw", "long-secret-value"])
+
+    assert stored["image"].startswith("[base64 file:")
+    assert stored["prompt"] == "a pwny"
+    assert redact({"prompt": "uses long-secret-value"}, ["long-secret-value"]) == {"prompt": "uses [redacted]"}
+
+
+def test_provider_urls_keep_credentials_out():
+    from apps.ai_providers.models import validate_server_url
+
+    with pytest.raises(ValidationError, match="Leave credentials out"):
+        validate_server_url("http://user:secret@gpu:7860")
+    validate_server_url("http://stable_diffusion:7860")  # a compose service name

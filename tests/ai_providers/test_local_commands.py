@@ -135,3 +135,34 @@ def test_host_names_without_a_dot_are_accepted_and_bad_urls_are_not():
     assert AIProvider.objects.filter(base_url="http://kandinsky-service:8002").exists()
     with pytest.raises(CommandError, match="base_url"):
         run("setup_a1111", "--base-url", "ftp://gpu-box")
+
+
+def test_a_provider_name_keeps_its_kind_and_a1111_auth_needs_a_password():
+    run("setup_comfyui", "--base-url", "http://127.0.0.1:9")
+
+    with pytest.raises(CommandError, match="is a ComfyUI provider; choose another name"):
+        run("setup_a1111", "--base-url", "http://gpu:7860", "--name", "ComfyUI")
+    with pytest.raises(CommandError, match="user:password"):
+        run("setup_a1111", "--base-url", "http://gpu:7860", "--auth", "just-a-password")
+
+    assert AIProvider.objects.get(name="ComfyUI").kind == "comfyui"
+    assert not AIProvider.objects.filter(kind="a1111").exists()
+
+
+def test_setup_comfyui_refuses_parameters_that_are_not_an_object(tmp_path):
+    workflow = write(tmp_path, "w.json", SCALE_WORKFLOW)
+
+    with pytest.raises(CommandError, match="parameters must be a JSON object"):
+        run(
+            "setup_comfyui",
+            "--base-url",
+            "http://x",
+            "--workflow",
+            workflow,
+            "--name",
+            "P",
+            "--parameters",
+            write(tmp_path, "p.json", [1, 2]),
+        )
+    with pytest.raises(CommandError, match="not an API-format workflow"):
+        run("setup_comfyui", "--base-url", "http://x", "--workflow", write(tmp_path, "n.json", 42), "--name", "N")

@@ -12,12 +12,25 @@ from typing import Any
 from .templating import CONTEXT_VARIABLES, template_defaults, template_variables
 
 COMFYUI_WORKFLOWS = Path(__file__).resolve().parent / "workflows" / "comfyui"
-# Shipped workflow templates: (model name, file, model type).
+_SCALE_SIDE = {"type": "integer", "min": 0, "max": 8192, "default": 0}
+# Shipped workflow templates: model name, file, and model fields beyond what the workflow says.
 COMFYUI_TEMPLATES = [
-    ("Flux txt2img", "flux_txt2img.json", "IMAGE"),
-    ("Flux img2img", "flux_img2img.json", "IMAGE"),
-    ("SDXL txt2img", "sdxl_txt2img.json", "IMAGE"),
-    ("Image scale (no weights)", "image_scale.json", "IMAGE"),
+    ("Flux txt2img", "flux_txt2img.json", {}),
+    ("Flux img2img", "flux_img2img.json", {}),
+    ("SDXL txt2img", "sdxl_txt2img.json", {}),
+    (
+        # Runs on any ComfyUI server, even on a CPU: the source scaled to width × height (0: keep that side's
+        # size, or the aspect ratio when the other is given).
+        "Image scale (no weights)",
+        "image_scale.json",
+        {
+            "resizes_source": True,
+            "parameters": {
+                "width": {**_SCALE_SIDE, "label": "Width (0: keep)"},
+                "height": {**_SCALE_SIDE, "label": "Height (0: keep)"},
+            },
+        },
+    ),
 ]
 COMFYUI_OUTPUT_NODE_TYPES = (
     "SaveImage",
@@ -67,7 +80,7 @@ def load_workflow(path: Path) -> dict:
         raise WorkflowError(f"cannot read {path}: {exc.strerror}") from exc
     except ValueError as exc:
         raise WorkflowError(f"{path} is not JSON: {exc}") from exc
-    if "nodes" in workflow and "links" in workflow:
+    if isinstance(workflow, dict) and "nodes" in workflow and "links" in workflow:
         raise WorkflowError(f"{path} is a UI workflow; export it in API format (ComfyUI: Workflow → Export (API)).")
     if (
         not isinstance(workflow, dict)
@@ -98,6 +111,8 @@ def workflow_parameters(workflow: dict, declared: dict | None = None) -> dict:
 
     Raises ``WorkflowError`` when a placeholder without a default is neither built in nor declared.
     """
+    if declared is not None and not isinstance(declared, dict):
+        raise WorkflowError('parameters must be a JSON object: {"<option>": {"type": …}, …}')
     declared = dict(declared or {})
     required, optional = template_variables(workflow)
     missing = sorted(required - CONTEXT_VARIABLES - set(declared))
@@ -133,8 +148,8 @@ def comfyui_model_fields(workflow: dict, *, model_type: str = "IMAGE", chosen_ou
 def comfyui_template_models() -> list[dict]:
     """The shipped templates as model entries for ``provider_install``."""
     return [
-        {"name": name, **comfyui_model_fields(load_workflow(COMFYUI_WORKFLOWS / file), model_type=model_type)}
-        for name, file, model_type in COMFYUI_TEMPLATES
+        {"name": name, **comfyui_model_fields(load_workflow(COMFYUI_WORKFLOWS / file), **fields)}
+        for name, file, fields in COMFYUI_TEMPLATES
     ]
 
 

@@ -7,7 +7,7 @@ from django.db import models
 
 from .parameters import validate_parameters_schema, validate_request_schema
 
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # "_": compose service names have them
 
 
 def validate_server_url(value: str) -> None:
@@ -21,6 +21,8 @@ def validate_server_url(value: str) -> None:
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
         raise ValidationError("Enter an http:// or https:// URL with a host, e.g. http://127.0.0.1:8188.")
+    if parts.username or parts.password:
+        raise ValidationError("Leave credentials out of the URL: they belong in the API key, which stays secret.")
     try:
         ipaddress.ip_address(host)
         return

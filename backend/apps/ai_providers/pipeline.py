@@ -43,6 +43,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
@@ -133,8 +134,8 @@ def generation_start(
     needs_source = bool(SOURCE_IMAGE_VARIABLES & required)
     if needs_source and parent is None:
         raise ValidationError({"parent_asset_id": ["This model needs a source image: pass parent_asset_id."]})
-    if parent is not None:
-        _check_source(parent, "parent_asset_id", strict=needs_source)
+    if parent is not None:  # a source the request sends (even optionally) must be an image the provider takes
+        _check_source(parent, "parent_asset_id", strict=bool(SOURCE_IMAGE_VARIABLES & (required | optional)))
     mask_variables = MASK_VARIABLES & (required | optional)
     if mask_variables & required and mask is None:
         raise ValidationError({"mask_asset_id": ["This model paints into a mask: pass mask_asset_id."]})
@@ -155,7 +156,7 @@ def generation_start(
             )
 
     source_size = (parent.width, parent.height) if parent is not None and needs_source else None
-    validated, ignored = generation_options(model, config, source_size=source_size)
+    validated, ignored = generation_options(model, {} if config is None else config, source_size=source_size)
     metadata: dict[str, Any] = {"ignored_options": ignored} if ignored else {}
     if mask is not None:
         metadata["mask_asset_id"] = mask.pk
@@ -167,7 +168,6 @@ def generation_start(
         else random.sample(range(1, SEED_SPEC["max"]), variants)
     )
     group = {"variant_group": uuid.uuid4().hex, "variants": variants} if variants > 1 else {}
-    queue = submit_queue(model)
     now = timezone.now()
     assets = []
     for index, seed in enumerate(seeds):
@@ -194,7 +194,7 @@ def generation_start(
             seed,
             prompt,
         )
-        transaction.on_commit(functools.partial(_enqueue_submit, asset.pk, queue))
+        transaction.on_commit(functools.partial(_enqueue_submit, asset.pk, model))
         assets.append(asset)
     return assets
 
@@ -217,7 +217,18 @@ def generation_options(model: AIModel, config: Any, *, source_size: tuple[int, i
     if model.resizes_source:
         return validate_generation_config(model.parameters_schema, config), {}
     size = dict(zip(("width", "height"), source_size, strict=True))
+    for name, value in size.items():
+        largest = (model.parameters_schema.get(name) or {}).get("max")
+        if largest is not None and value > largest:
+            raise ValidationError(
+                {"parent_asset_id": [f"This model takes sources up to {largest} pixels {name}; this one is {value}."]}
+            )
     ignored = {name: config[name] for name in size if config.get(name) is not None and config[name] != size[name]}
+    for name, value in ignored.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValidationError(
+                {f"generation_config.{name}": [f"{value!r} is not allowed; expected a whole number."]}
+            )
     for name in size:  # accepted and ignored even where the model has no such option
         if name not in model.parameters_schema:
             config.pop(name, None)
@@ -252,6 +263,21 @@ def _check_source(asset: Asset, field: str, *, strict: bool) -> None:
         )
 
 
+def _enqueue_submit(asset_id: int, model: AIModel | None, countdown: float | None = None) -> None:
+    """Send the submit task: synchronous providers' to the GPU queue, with time limits that fit the model's
+    timeout (the global task limits are far shorter than a generation on a GPU)."""
+    from .tasks import generation_submit
+
+    queue = submit_queue(model) if model is not None else None
+    limits = {}
+    if queue is not None:
+        limits = {
+            "soft_time_limit": model.effective_timeout_seconds + 30,
+            "time_limit": model.effective_timeout_seconds + 90,
+        }
+    generation_submit.apply_async((asset_id,), queue=queue, countdown=countdown, **limits)
+
+
 def submit_queue(model: AIModel) -> str | None:
     """The queue for a model's submissions: the GPU queue for synchronous providers, else the default one."""
     try:
@@ -261,12 +287,6 @@ def submit_queue(model: AIModel) -> str | None:
     if not synchronous:
         return None
     return (model.provider.settings or {}).get("queue") or settings.GENBOX_GPU_QUEUE
-
-
-def _enqueue_submit(asset_id: int, queue: str | None, countdown: float | None = None) -> None:
-    from .tasks import generation_submit
-
-    generation_submit.apply_async((asset_id,), queue=queue, countdown=countdown)
 
 
 # --- Submitting --------------------------------------------------------------------------------------
@@ -298,6 +318,10 @@ def submit(asset_id: int) -> None:
         return
     except ProviderError as error:  # uploading the source image to the provider failed; nothing was submitted
         _submit_failed(asset, ProviderError(error.message, retryable=error.retryable, retry_after=error.retry_after))
+        return
+    except Exception as exc:  # reading the source from storage failed (S3 down, file gone); nothing was sent
+        logger.exception("asset %s: preparing the request failed", asset.pk)
+        _submit_failed(asset, ProviderError(f"The source image could not be read: {exc!r}", retryable=True))
         return
 
     logger.info("asset %s: submitting to %s (attempt %s)", asset.pk, model.provider.name, asset.submit_attempts)
@@ -340,14 +364,28 @@ def _run(asset: Asset, model: AIModel, adapter, body: dict) -> None:
     """
     timeout = model.effective_timeout_seconds
     started = timezone.now()
-    Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
-        next_poll_at=started + timedelta(seconds=timeout + 60)
-    )
+    if not Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
+        next_poll_at=started + timedelta(seconds=timeout + 60),
+        deadline_at=started + timedelta(seconds=timeout),  # the time in the GPU queue does not count
+    ):
+        return
     try:
         with _progress_reader(asset.pk, adapter):
             result = adapter.run(model, body, timeout=timeout)
     except ProviderError as error:
         _submit_failed(asset, error)
+        return
+    except SoftTimeLimitExceeded:
+        _fail(
+            asset,
+            f"{model.provider.name} did not answer within {_duration(timeout)}; Genbox stopped waiting (the server "
+            "may still be generating).",
+            Stage.SUBMITTING,
+        )
+        return
+    except Exception as exc:  # an answer the adapter could not read; the request was sent
+        logger.exception("asset %s: %s answered something unreadable", asset.pk, model.provider.name)
+        _fail(asset, f"{model.provider.name}: the answer could not be read ({exc!r})", Stage.SUBMITTING)
         return
     moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
         stage=Stage.POLLING,
@@ -404,10 +442,12 @@ def _submit_failed(asset: Asset, error: ProviderError) -> None:
         )
         if moved:
             logger.warning("asset %s: %s; submitting again in %.1f s", asset.pk, error.message, delay)
-            _enqueue_submit(asset.pk, submit_queue(asset.ai_model), countdown=delay)
+            _enqueue_submit(asset.pk, asset.ai_model, countdown=delay)
         return
     message = error.message
-    if error.ambiguous:
+    if error.ambiguous and submit_queue(asset.ai_model):  # a synchronous local server
+        message += ". The server may still be generating it, so Genbox did not send it again; generate again."
+    elif error.ambiguous:
         message += (
             ". The provider may have accepted the task, so Genbox did not send it again (that could charge twice);"
             " generate again if no result appears."
@@ -574,7 +614,16 @@ def _store(asset: Asset, result: Succeeded) -> None:
         upload = File(spool)
         upload.content_type = info.mime_type  # the storage's Content-Type: what the bytes are, not what was claimed
         name = asset.file.field.generate_filename(asset, f"result{info.extension}")
-        name = asset.file.storage.save(name, upload)
+        try:
+            name = asset.file.storage.save(name, upload)
+        except Exception as exc:  # the storage is down: a downloadable result is fetched again later
+            logger.exception("asset %s: saving the result to storage failed", asset.pk)
+            error = ProviderError(f"Saving the result to storage failed: {exc!r}", retryable=True)
+            if result.content is None:
+                _store_failed(asset, error)
+            else:  # the picture existed only in the provider's answer
+                _fail(asset, error.message, Stage.STORING)
+            return
 
     finished = Asset.objects.filter(pk=asset.pk, stage=Stage.STORING).update(
         status=Status.COMPLETED,
@@ -647,8 +696,13 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
     for asset in Asset.objects.filter(stage=Stage.QUEUED, next_poll_at__lt=overdue).select_related(
         "ai_model__provider"
     )[:batch]:
-        _enqueue_submit(asset.pk, submit_queue(asset.ai_model) if asset.ai_model else None)
-        counts["requeued_submits"] += 1
+        # Due again from now: a submission waiting its turn in a busy GPU queue is re-sent once per grace
+        # period, not on every sweep.
+        if Asset.objects.filter(pk=asset.pk, stage=Stage.QUEUED, next_poll_at=asset.next_poll_at).update(
+            next_poll_at=now
+        ):
+            _enqueue_submit(asset.pk, asset.ai_model)
+            counts["requeued_submits"] += 1
     lost_polls = Asset.objects.filter(stage=Stage.POLLING, awaits_callback=False, next_poll_at__lt=overdue)
     for asset_id in lost_polls.values_list("pk", flat=True)[:batch]:
         generation_poll.delay(asset_id)
@@ -750,14 +804,16 @@ def _strip_query(url: str) -> str:
     return f"{base}?…" if sep else base
 
 
-_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+_BASE64 = re.compile(r"^(?:data:[\w/+.-]+;base64,)?[A-Za-z0-9+/]+={0,2}$")
+# Shorter secrets cannot be cut out of a text without mangling it (a password "pw" in the prompt "a pwny").
+_SECRET_MIN_CHARS = 8
 _INLINE_FILE_MIN_CHARS = 512
 
 
 def redact(value: Any, secret_values: list[str]) -> Any:
     """A copy of a request fit to store: secret values, secret-named keys and URL signatures removed, and
     files sent inline (base64) replaced by their size and SHA-256, which still tell two requests apart."""
-    secret_values = [s for s in secret_values if s]
+    secret_values = [s for s in secret_values if len(s) >= _SECRET_MIN_CHARS]
     if isinstance(value, dict):
         return {
             key: "[redacted]" if _SECRET_KEYS.search(str(key)) else redact(item, secret_values)

@@ -1,5 +1,6 @@
 """Everything that writes providers and models (generations are written by ``pipeline``)."""
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from .kie_catalogue import KIE_MODELS, model_fields
@@ -59,6 +60,10 @@ def provider_install(
         provider = AIProvider(name=name, **values)
         _save(provider)
         report.append(f"Created provider {name} ({base_url})")
+    elif provider.kind != kind:
+        raise ValidationError(
+            {"name": [f"Provider {name!r} is a {provider.get_kind_display()} provider; choose another name."]}
+        )
     else:
         changed = _apply(provider, values)
         if changed:

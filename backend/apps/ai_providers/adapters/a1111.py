@@ -13,7 +13,7 @@ import json
 
 import httpx
 
-from .base import Adapter, Failed, ProviderError, Source, Succeeded, base64_variables
+from .base import Failed, ProviderError, Succeeded, SynchronousAdapter, out_of_memory_hint
 from .http import error_detail, send, status_error
 
 # What of A1111's ``info`` is worth keeping: enough to reproduce and to explain the result.
@@ -35,38 +35,24 @@ INFO_KEYS = (
 )
 
 
-class A1111Adapter(Adapter):
+class A1111Adapter(SynchronousAdapter):
     label = "AUTOMATIC1111"
-    synchronous = True
-
-    def _url(self, path: str) -> str:
-        return self.provider.base_url.rstrip("/") + "/" + path.lstrip("/")
 
     def _auth(self) -> tuple[str, str] | None:
         user, sep, password = (self.provider.api_key or "").partition(":")
         return (user, password) if sep else None
 
     def _send(self, method: str, path: str, *, timeout, **kwargs) -> httpx.Response:
-        return send(self.label, method, self._url(path), auth=self._auth(), timeout=timeout, **kwargs)
-
-    def source_variables(self, source: Source) -> dict:
-        return base64_variables(source)
-
-    @classmethod
-    def validate_response_mapping(cls, value, request_schema) -> None:
-        from .mapping import refuse_response_mapping
-
-        refuse_response_mapping(cls.label, value)
+        return send(self.label, method, self.url(path), auth=self._auth(), timeout=timeout, **kwargs)
 
     def run(self, model, body: dict, *, timeout: float) -> Succeeded | Failed:
         response = self._send(
             "POST", model.api_endpoint, json=body, timeout=httpx.Timeout(10.0, read=timeout, write=60.0, pool=10.0)
         )
         if response.status_code != 200:
-            detail = error_detail(response)
-            if "out of memory" in detail.lower():
-                detail += " (try a smaller size, fewer steps or a smaller batch)"
-            raise status_error(self.label, response, detail, what="the generation")
+            raise status_error(
+                self.label, response, out_of_memory_hint(error_detail(response)), what="the generation", sent=True
+            )
         try:
             answer = response.json()
         except ValueError as exc:
@@ -74,8 +60,10 @@ class A1111Adapter(Adapter):
             raise ProviderError(
                 f"{self.label}: unreadable answer to the generation: {snippet!r}", retryable=False
             ) from exc
-        images = answer.get("images") if isinstance(answer, dict) else None
-        encoded = images[0] if isinstance(images, list) and images else (answer or {}).get("image")
+        if not isinstance(answer, dict):
+            return Failed(f"{self.label}: the generation answered {type(answer).__name__}, not an object")
+        images = answer.get("images")
+        encoded = images[0] if isinstance(images, list) and images else answer.get("image")
         if not encoded:
             return Failed(f"{self.label}: the generation answered without an image")
         try:

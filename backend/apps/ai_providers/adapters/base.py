@@ -118,6 +118,14 @@ class Adapter:
     def __init__(self, provider: "AIProvider"):
         self.provider = provider
 
+    def url(self, path: str) -> str:
+        """``path`` on the provider's base URL."""
+        return self.provider.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def bearer_headers(self) -> dict[str, str]:
+        """``Authorization: Bearer <api key>`` when the provider has a key."""
+        return {"Authorization": f"Bearer {self.provider.api_key}"} if self.provider.api_key else {}
+
     @classmethod
     def validate_response_mapping(cls, value: Any, request_schema: Any) -> None:
         """Raise ``ValidationError`` unless ``value`` is a ``response_mapping`` this adapter can use.
@@ -193,3 +201,32 @@ class Adapter:
     def secrets(self) -> list[str]:
         """Values that must never be stored or logged (redacted from stored request copies)."""
         return [self.provider.api_key] if self.provider.api_key else []
+
+
+class SynchronousAdapter(Adapter):
+    """A local GPU server that answers a generation request with the picture (A1111, the Kandinsky service).
+
+    Its answers have one fixed shape, so models have no ``response_mapping``; there is no task to poll.
+    """
+
+    synchronous = True
+
+    @classmethod
+    def validate_response_mapping(cls, value: Any, request_schema: Any) -> None:
+        from .mapping import refuse_response_mapping
+
+        refuse_response_mapping(cls.label, value)
+
+    def source_variables(self, source: Source) -> dict[str, Any]:
+        return base64_variables(source)
+
+    def poll(self, model: "AIModel", task_id: str) -> PollResult:
+        """Only reached when storing a result was interrupted: the picture existed only in that answer."""
+        return Failed(f"{self.label}: the result was lost while it was being stored; generate again")
+
+
+def out_of_memory_hint(detail: str) -> str:
+    """A GPU server's error, with what to do about it when the GPU ran out of memory."""
+    if "out of memory" in detail.lower() or "outofmemory" in detail.lower():
+        return detail + " (the GPU ran out of memory: try a smaller size, fewer steps or a smaller batch)"
+    return detail

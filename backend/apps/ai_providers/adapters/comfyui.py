@@ -22,7 +22,17 @@ from django.core.exceptions import ValidationError
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
-from .base import Adapter, Failed, PollResult, ProviderError, Running, Source, Submitted, Succeeded
+from .base import (
+    Adapter,
+    Failed,
+    PollResult,
+    ProviderError,
+    Running,
+    Source,
+    Submitted,
+    Succeeded,
+    out_of_memory_hint,
+)
 from .http import error_detail, send, status_error
 
 OUTPUT_KEYS = ("images", "gifs", "videos")
@@ -76,9 +86,7 @@ def describe_execution_error(messages: Any) -> str:
             kind = data.get("exception_type", "error")
             text = str(data.get("exception_message", "")).strip().splitlines()
             message = f"{where} failed: {kind}: {text[0] if text else 'no message'}"
-            if "outofmemory" in kind.lower().replace(" ", "") or "out of memory" in " ".join(text).lower():
-                message += " (the GPU ran out of memory: try a smaller size or fewer steps)"
-            return message
+            return out_of_memory_hint(message)
         if event == "execution_interrupted":
             return f"the run was interrupted at {where}"
     return "the run ended with an error and no message"
@@ -87,14 +95,8 @@ def describe_execution_error(messages: Any) -> str:
 class ComfyUIAdapter(Adapter):
     label = "ComfyUI"
 
-    def _url(self, path: str) -> str:
-        return self.provider.base_url.rstrip("/") + "/" + path.lstrip("/")
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.provider.api_key}"} if self.provider.api_key else {}
-
     def download_headers(self) -> dict[str, str]:
-        return self._headers()
+        return self.bearer_headers()
 
     @classmethod
     def validate_response_mapping(cls, value: Any, request_schema: Any) -> None:
@@ -114,8 +116,8 @@ class ComfyUIAdapter(Adapter):
             response = send(
                 self.label,
                 "POST",
-                self._url("/upload/image"),
-                headers=self._headers(),
+                self.url("/upload/image"),
+                headers=self.bearer_headers(),
                 data={"type": "input", "overwrite": "false"},
                 files={"image": (source.filename, content, source.content_type)},
             )
@@ -132,7 +134,7 @@ class ComfyUIAdapter(Adapter):
     def submit(self, model, body: dict, *, callback_url: str | None) -> Submitted:
         prompt_id = str(uuid.uuid4())
         payload = {"prompt": body, "client_id": client_id(prompt_id), "prompt_id": prompt_id}
-        response = send(self.label, "POST", self._url("/prompt"), headers=self._headers(), json=payload)
+        response = send(self.label, "POST", self.url("/prompt"), headers=self.bearer_headers(), json=payload)
         if response.status_code == 400:
             try:
                 answer = response.json()
@@ -157,7 +159,7 @@ class ComfyUIAdapter(Adapter):
         return Submitted(task_id=str(answer.get("prompt_id") or prompt_id))
 
     def poll(self, model, task_id: str) -> PollResult:
-        response = send(self.label, "GET", self._url(f"/history/{task_id}"), headers=self._headers())
+        response = send(self.label, "GET", self.url(f"/history/{task_id}"), headers=self.bearer_headers())
         if response.status_code != 200:
             raise status_error(self.label, response, error_detail(response), what="the status query")
         try:
@@ -169,7 +171,15 @@ class ComfyUIAdapter(Adapter):
             ) from exc
         entry = history.get(task_id) if isinstance(history, dict) else None
         if not entry:
+            if not self._in_queue(task_id) and not self._history_entry(task_id):
+                return Failed(
+                    f"{self.label}: the server no longer has this prompt (restarted, or its queue was cleared)"
+                )
             return Running(progress=self._live_progress(task_id))
+        if not isinstance(entry, dict) or not isinstance(entry.get("status") or {}, dict):
+            raise ProviderError(
+                f"{self.label}: the history of prompt {task_id} has an unexpected shape", retryable=True
+            )
         status = entry.get("status") or {}
         if status.get("status_str") == "error":
             return Failed(f"{self.label}: {describe_execution_error(status.get('messages'))}")
@@ -181,6 +191,24 @@ class ComfyUIAdapter(Adapter):
             return Running(progress=self._live_progress(task_id))
         produced = ", ".join(sorted(entry.get("outputs") or {})) or "none"
         return Failed(f"{self.label}: the run finished without output from node {node} (nodes with output: {produced})")
+
+    def _in_queue(self, task_id: str) -> bool:
+        """Whether the prompt is running or waiting in ComfyUI's queue; True when the queue cannot be read."""
+        response = send(self.label, "GET", self.url("/queue"), headers=self.bearer_headers())
+        try:
+            queue = response.json()
+            entries = (queue.get("queue_running") or []) + (queue.get("queue_pending") or [])
+        except (ValueError, AttributeError, TypeError):
+            return True
+        return any(isinstance(entry, list) and len(entry) > 1 and entry[1] == task_id for entry in entries)
+
+    def _history_entry(self, task_id: str) -> bool:
+        """Asked again after the queue: a prompt that finished in between is in the history now."""
+        response = send(self.label, "GET", self.url(f"/history/{task_id}"), headers=self.bearer_headers())
+        try:
+            return bool(response.json().get(task_id))
+        except (ValueError, AttributeError):
+            return True  # unreadable: do not conclude the prompt is gone
 
     @staticmethod
     def _output_files(output: Any) -> list[dict]:
@@ -198,7 +226,7 @@ class ComfyUIAdapter(Adapter):
             "subfolder": item.get("subfolder", ""),
             "type": item.get("type", "output"),
         }
-        return self._url("/view") + "?" + urlencode(query)
+        return self.url("/view") + "?" + urlencode(query)
 
     def _live_progress(self, prompt_id: str) -> float | None:
         """0–1 from the WebSocket's ``progress`` events, listening briefly; None when it says nothing.
@@ -210,10 +238,10 @@ class ComfyUIAdapter(Adapter):
         window = float((self.provider.settings or {}).get("progress_window_seconds", DEFAULT_PROGRESS_WINDOW_SECONDS))
         if window <= 0:
             return None
-        url = self._url("/ws").replace("http", "ws", 1) + f"?clientId={client_id(prompt_id)}"
+        url = self.url("/ws").replace("http", "ws", 1) + f"?clientId={client_id(prompt_id)}"
         progress = None
         try:
-            with connect(url, open_timeout=2, close_timeout=1, additional_headers=self._headers()) as websocket:
+            with connect(url, open_timeout=2, close_timeout=1, additional_headers=self.bearer_headers()) as websocket:
                 started = time.monotonic()
                 deadline = started + min(window, RUNNING_HINT_SECONDS)
                 while (left := deadline - time.monotonic()) > 0:
@@ -237,7 +265,7 @@ class ComfyUIAdapter(Adapter):
         return progress
 
     def check_connection(self) -> str:
-        response = send(self.label, "GET", self._url("/system_stats"), headers=self._headers(), timeout=10.0)
+        response = send(self.label, "GET", self.url("/system_stats"), headers=self.bearer_headers(), timeout=10.0)
         if response.status_code != 200:
             raise status_error(self.label, response, error_detail(response), what="reading /system_stats")
         try:

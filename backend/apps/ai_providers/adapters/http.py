@@ -56,9 +56,14 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
+def _host(url: str) -> str:
+    """``host:port`` of a URL, never with credentials."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def send(label: str, method: str, url: str, **kwargs) -> httpx.Response:
     """Send one request; transport failures become ``ProviderError``. HTTP error statuses are returned."""
-    host = urlsplit(url).netloc
+    host = _host(url)
     try:
         return client().request(method, url, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -88,7 +93,7 @@ def download(
     Raises ``ProviderError``: retryable for network trouble, 5xx, 429 and a body cut short; final for
     other HTTP errors and a body over ``max_bytes``.
     """
-    host = urlsplit(url).netloc
+    host = _host(url)
     digest = hashlib.sha256()
     size = 0
     try:
@@ -120,11 +125,13 @@ def download(
     return Download(content_type=content_type.split(";")[0].strip(), size=size, sha256=digest.hexdigest())
 
 
-def status_error(label: str, response: httpx.Response, detail: str, *, what: str) -> ProviderError:
+def status_error(label: str, response: httpx.Response, detail: str, *, what: str, sent: bool = False) -> ProviderError:
     """The error for an HTTP error status of a local server, e.g. ``ComfyUI: the status query failed (502): …``.
 
     401/403: the credentials; 408, 429, 502–504: worth waiting out; other statuses are final (a 500 from a
-    GPU server is a generation that crashed, and would crash again).
+    GPU server is a generation that crashed, and would crash again). ``sent``: the request was a whole
+    generation; a 502 or 504 then comes from a proxy that gave up while the server may still be generating,
+    so it is ambiguous rather than worth repeating.
     """
     code = response.status_code
     if code in (401, 403):
@@ -134,7 +141,10 @@ def status_error(label: str, response: httpx.Response, detail: str, *, what: str
     retryable = code in (408, 429, 502, 503, 504)
     suffix = f": {detail}" if detail else ""
     return ProviderError(
-        f"{label}: {reason} (HTTP {code}){suffix}", retryable=retryable, retry_after=retry_after_seconds(response)
+        f"{label}: {reason} (HTTP {code}){suffix}",
+        retryable=retryable,
+        ambiguous=sent and code in (502, 504),
+        retry_after=retry_after_seconds(response),
     )
 
 

@@ -6,45 +6,28 @@ seed it used comes back in ``X-Seed``. Optional Bearer auth with the provider's 
 
 import httpx
 
-from .base import Adapter, ProviderError, Source, Succeeded, base64_variables
+from .base import ProviderError, Succeeded, SynchronousAdapter, out_of_memory_hint
 from .http import error_detail, send, status_error
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class KandinskyAdapter(Adapter):
+class KandinskyAdapter(SynchronousAdapter):
     label = "Kandinsky"
-    synchronous = True
-
-    def _url(self, path: str) -> str:
-        return self.provider.base_url.rstrip("/") + "/" + path.lstrip("/")
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.provider.api_key}"} if self.provider.api_key else {}
-
-    def source_variables(self, source: Source) -> dict:
-        return base64_variables(source)
-
-    @classmethod
-    def validate_response_mapping(cls, value, request_schema) -> None:
-        from .mapping import refuse_response_mapping
-
-        refuse_response_mapping(cls.label, value)
 
     def run(self, model, body: dict, *, timeout: float) -> Succeeded:
         response = send(
             self.label,
             "POST",
-            self._url(model.api_endpoint or "/generate"),
+            self.url(model.api_endpoint or "/generate"),
             json=body,
-            headers=self._headers(),
+            headers=self.bearer_headers(),
             timeout=httpx.Timeout(10.0, read=timeout, write=60.0, pool=10.0),
         )
         if response.status_code != 200:
-            detail = error_detail(response)
-            if "out of memory" in detail.lower():
-                detail += " (try a smaller size or fewer steps)"
-            raise status_error(self.label, response, detail, what="the generation")
+            raise status_error(
+                self.label, response, out_of_memory_hint(error_detail(response)), what="the generation", sent=True
+            )
         if not response.content.startswith(PNG_SIGNATURE):
             kind = response.headers.get("Content-Type", "no Content-Type")
             raise ProviderError(
@@ -58,7 +41,7 @@ class KandinskyAdapter(Adapter):
         return Succeeded(content=response.content, details=details)
 
     def check_connection(self) -> str:
-        response = send(self.label, "GET", self._url("/health"), headers=self._headers(), timeout=10.0)
+        response = send(self.label, "GET", self.url("/health"), headers=self.bearer_headers(), timeout=10.0)
         if response.status_code != 200:
             raise status_error(self.label, response, error_detail(response), what="the health check")
         try:

@@ -65,9 +65,6 @@ def classify(code: Any, message: str) -> ProviderError:
 class KieAdapter(Adapter):
     label = "Kie.ai"
 
-    def _url(self, path: str) -> str:
-        return self.provider.base_url.rstrip("/") + "/" + path.lstrip("/")
-
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.provider.api_key}", "Accept": "application/json"}
 
@@ -110,7 +107,7 @@ class KieAdapter(Adapter):
         mapping = ResponseMapping.from_json(model.response_mapping)
         if callback_url and mapping.callback_field:
             body = {**body, mapping.callback_field: callback_url}
-        response = send(self.label, "POST", self._url(model.api_endpoint), headers=self._headers(), json=body)
+        response = send(self.label, "POST", self.url(model.api_endpoint), headers=self._headers(), json=body)
         envelope = self._envelope(response, what="the submission", billable=True)
         task_id = dig(envelope, mapping.task_id_path)
         if not task_id:
@@ -126,7 +123,7 @@ class KieAdapter(Adapter):
         response = send(
             self.label,
             "GET",
-            self._url(model.poll_endpoint),
+            self.url(model.poll_endpoint),
             headers=self._headers(),
             params={mapping.poll_task_id_param: task_id},
         )
@@ -145,7 +142,7 @@ class KieAdapter(Adapter):
         return Running(progress=mapping.progress(envelope))
 
     def check_connection(self) -> str:
-        response = send(self.label, "GET", self._url("/api/v1/chat/credit"), headers=self._headers())
+        response = send(self.label, "GET", self.url("/api/v1/chat/credit"), headers=self._headers())
         envelope = self._envelope(response, what="the credit query")
         return f"Kie.ai reachable, credits: {envelope.get('data')}"
 

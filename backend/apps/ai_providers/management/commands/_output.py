@@ -43,7 +43,7 @@ def install(command, install_function, **arguments) -> None:
         provider, report = install_function(**arguments)
     except ValidationError as exc:
         detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
-        raise CommandError(f"a model failed the model checks: {detail}") from exc
+        raise CommandError(f"refused by the provider and model checks: {detail}") from exc
     for line in report or ["Nothing to change."]:
         command.stdout.write(line)
     command.stdout.write("")

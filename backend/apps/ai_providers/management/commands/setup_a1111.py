@@ -1,4 +1,4 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from apps.ai_providers.local_catalogue import A1111_MODELS
 from apps.ai_providers.models import AIProvider
@@ -18,6 +18,8 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="AUTOMATIC1111", help="Provider name (default: AUTOMATIC1111).")
 
     def handle(self, *args, **options):
+        if options["auth"] is not None and ":" not in options["auth"]:
+            raise CommandError("--auth must be user:password, as given to the WebUI's --api-auth")
         install(
             self,
             provider_install,

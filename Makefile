@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/stack.py demo
 
 run: $(STAMP)
-	$(BIN)/python scripts/stack.py run --port $(PORT)
+	$(BIN)/python scripts/stack.py run --port $(PORT) $(if $(SANDBOX_PORT),--sandbox-port $(SANDBOX_PORT))
 
 worker: $(STAMP)
 	DEBUG=$${DEBUG:-true} $(BIN)/celery -A config worker --queues=celery,gpu --loglevel=INFO

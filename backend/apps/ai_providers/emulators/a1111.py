@@ -58,7 +58,7 @@ from typing import Any
 from PIL import Image, ImageFilter, ImageOps
 
 from .kie import make_png, parse_directives
-from .local import LocalEmulator, Reply, Request
+from .local import LocalEmulator, Reply, Request, slow_seconds
 
 DIRECTIVES = {
     "oom": "500 OutOfMemoryError 'CUDA out of memory. ...' as soon as the job reaches the GPU",
@@ -506,14 +506,6 @@ def _infotext(prompt: str, negative_prompt: str, fields: dict[str, Any]) -> str:
     return f"{text}\n{line}"
 
 
-def _slow(directives: dict[str, str | None]) -> float | None:
-    try:
-        seconds = float(directives.get("slow") or "")
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 and math.isfinite(seconds) else None
-
-
 class A1111Emulator(LocalEmulator):
     """An AUTOMATIC1111 / Forge WebUI API server (``/sdapi/v1``) on a background thread; see the module docstring."""
 
@@ -607,7 +599,7 @@ class A1111Emulator(LocalEmulator):
 
     def _duration(self, prompt: str) -> tuple[dict[str, str | None], float]:
         directives = parse_directives(prompt)
-        slow = _slow(directives)
+        slow = slow_seconds(directives)
         return directives, slow if slow is not None else max(0.0, float(self.task_seconds))
 
     # ---- txt2img / img2img --------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from PIL import Image, ImageFilter, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from .kie import make_mp4, make_png, parse_directives
-from .local import LocalEmulator, Reply, Request, WebSocket
+from .local import LocalEmulator, Reply, Request, WebSocket, slow_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -1186,13 +1186,8 @@ class ComfyUIEmulator(LocalEmulator):
 
     def _execute(self, prompt: EmulatedPrompt) -> None:
         directives = prompt.directives
-        duration = self.task_seconds
-        slow = directives.get("slow")
-        if slow is not None:
-            try:
-                duration = max(0.0, float(slow)) if math.isfinite(float(slow)) else duration
-            except ValueError:
-                pass
+        slow = slow_seconds(directives)
+        duration = self.task_seconds if slow is None else slow
         graph, order = prompt.graph, prompt.order
         samplers = [node_id for node_id in order if graph[node_id]["class_type"] == "KSampler"]
         if samplers:

@@ -47,7 +47,7 @@ from typing import Any
 from PIL import Image
 
 from .kie import make_png, parse_directives
-from .local import LocalEmulator, Reply, Request
+from .local import LocalEmulator, Reply, Request, slow_seconds
 
 DIRECTIVES = {
     "oom": "500 'Out of memory: CUDA out of memory. Tried to allocate 1.50 GiB' as soon as the GPU is free",
@@ -244,14 +244,6 @@ def _decode_source(encoded: str) -> tuple[bytes, tuple[int, int]]:
     return raw, size
 
 
-def _slow(directives: dict[str, str | None]) -> float | None:
-    try:
-        seconds = float(directives.get("slow") or "")
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 and math.isfinite(seconds) else None
-
-
 class KandinskyEmulator(LocalEmulator):
     """The Kandinsky 2.2 service on a background thread; see the module docstring."""
 
@@ -345,7 +337,7 @@ class KandinskyEmulator(LocalEmulator):
             source, (width, height) = _decode_source(params["image"])
         prompt = params["prompt"]
         directives = parse_directives(prompt)
-        slow = _slow(directives)
+        slow = slow_seconds(directives)
         duration = slow if slow is not None else max(0.0, float(self.task_seconds))
         with self.gpu:
             started = time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import socket
 import socketserver
 import struct
@@ -240,6 +241,15 @@ class LocalEmulator:
     def clear(self) -> None:
         with self.lock:
             self.requests.clear()
+
+
+def slow_seconds(directives: dict[str, str | None]) -> float | None:
+    """The seconds of a ``[[slow:S]]`` directive, or None when absent or not a finite, non-negative number."""
+    try:
+        seconds = float(directives.get("slow") or "")
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
 
 
 def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, UploadedFile]]:

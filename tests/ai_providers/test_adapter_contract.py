@@ -439,3 +439,24 @@ def test_comfyui_the_weights_free_template_scales_when_asked(comfyui):
     assert model.resizes_source
     assert result_image(adapter, kept).size == (120, 90)
     assert result_image(adapter, scaled).size == (60, 30)
+
+
+def test_comfyui_video_outputs_are_fetched_through_view(comfyui):
+    from apps.ai_providers.local_catalogue import comfyui_model_fields
+
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "<<image_name>>"}},
+        "2": {
+            "class_type": "VHS_VideoCombine",
+            "inputs": {"images": ["1", 0], "frame_rate": 8, "filename_prefix": "clip", "format": "video/h264-mp4"},
+        },
+    }
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = AIModel(provider=provider, name="Clip", **comfyui_model_fields(workflow, model_type="VIDEO"))
+    model.full_clean()
+    adapter = get_adapter(provider)
+
+    result = drive(adapter, model, body_for(model, adapter, "", parent=png(64, 48)))
+
+    assert isinstance(result, Succeeded) and "/view?filename=clip_" in result.result_urls[0]
+    assert httpx.get(result.result_urls[0]).content[4:8] == b"ftyp"  # an MP4

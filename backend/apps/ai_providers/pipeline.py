@@ -28,6 +28,13 @@ The rules:
 6. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
    (killed worker, flushed broker), sends the safety-net polls of rule 4, fails what is past its deadline or
    lease, and retries stale stores.
+7. Synchronous providers (A1111, the Kandinsky service: ``Adapter.synchronous``) answer the request with
+   the picture, so rule 3 cannot hold for them: their submissions go to the GPU queue
+   (``GENBOX_GPU_QUEUE``), served with one slot per GPU, and the worker waits up to the model's timeout
+   (the submission lease and the task's time limits stretched to match), reading progress meanwhile.
+8. img2img (``generation_options``, seeds/img2img-audit.md): the source is a PNG, JPEG or WEBP of at most
+   4096×4096; the output keeps its size unless the model ``resizes_source``; a missing denoise is 0.65;
+   the seed is always chosen and stored, so the stored options reproduce the request exactly.
 """
 
 import contextlib

@@ -460,3 +460,21 @@ def test_comfyui_video_outputs_are_fetched_through_view(comfyui):
 
     assert isinstance(result, Succeeded) and "/view?filename=clip_" in result.result_urls[0]
     assert httpx.get(result.result_urls[0]).content[4:8] == b"ftyp"  # an MP4
+
+
+def test_kandinsky_waits_for_models_that_are_loading_but_not_for_a_failed_load():
+    with KandinskyEmulator(task_seconds=0.1, models_loaded=False) as emulator:
+        provider = install(HARNESSES["kandinsky"], emulator.base_url)
+        model = provider.models.get(name="Kandinsky 2.2")
+        adapter = get_adapter(provider)
+        body = body_for(model, adapter, "x", width=64, height=64)
+        emulator.unloaded_reason = "loading is in progress"
+        with pytest.raises(ProviderError) as loading:
+            adapter.run(model, body, timeout=10)
+        emulator.unloaded_reason = "OSError: kandinsky-2-2-prior is not a local folder"
+        with pytest.raises(ProviderError) as failed:
+            adapter.run(model, body, timeout=10)
+
+    assert loading.value.retryable
+    assert not failed.value.retryable and "is not a local folder" in failed.value.message
+    assert "POST /reload" in failed.value.message

@@ -24,6 +24,12 @@ class KandinskyAdapter(SynchronousAdapter):
             headers=self.bearer_headers(),
             timeout=httpx.Timeout(10.0, read=timeout, write=60.0, pool=10.0),
         )
+        if response.status_code == 503 and "loading is in progress" not in response.text:
+            # Not loading but failed to load: waiting will not help until someone fixes it and POSTs /reload.
+            raise ProviderError(
+                f"{self.label}: the service has no models ({error_detail(response)}); fix that and POST /reload",
+                retryable=False,
+            )
         if response.status_code != 200:
             raise status_error(
                 self.label, response, out_of_memory_hint(error_detail(response)), what="the generation", sent=True
@@ -42,6 +48,12 @@ class KandinskyAdapter(SynchronousAdapter):
 
     def check_connection(self) -> str:
         response = send(self.label, "GET", self.url("/health"), headers=self.bearer_headers(), timeout=10.0)
+        if response.status_code == 503 and "loading is in progress" not in response.text:
+            # Not loading but failed to load: waiting will not help until someone fixes it and POSTs /reload.
+            raise ProviderError(
+                f"{self.label}: the service has no models ({error_detail(response)}); fix that and POST /reload",
+                retryable=False,
+            )
         if response.status_code != 200:
             raise status_error(self.label, response, error_detail(response), what="the health check")
         try:

@@ -2,7 +2,7 @@
 
 Each emulator subclasses ``LocalEmulator`` and implements ``handle(request) -> Reply``; this module binds a
 ``ThreadingHTTPServer`` in a background thread, parses bodies (JSON, multipart), records every request
-(``requests``, secrets redacted) and writes replies. A WebSocket upgrade is handed to
+(the latest ``REQUESTS_KEPT`` in ``requests``, secrets redacted) and writes replies. A WebSocket upgrade is handed to
 ``handle_websocket(request, socket)``, with ``WebSocket`` for the server side of the framing (text frames
 out, close in). Standard library only, plus Pillow in the emulators themselves; no Django.
 """
@@ -19,6 +19,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+REQUESTS_KEPT = 500
 
 
 @dataclass
@@ -149,7 +151,8 @@ class LocalEmulator:
         self.host = host
         self.port = port
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
-        self.requests: list[Request] = []
+        # The latest requests (bodies included), bounded: run_sandbox may run for days.
+        self.requests: deque[Request] = deque(maxlen=REQUESTS_KEPT)
         self.lock = threading.RLock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

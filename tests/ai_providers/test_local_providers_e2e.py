@@ -223,3 +223,17 @@ def test_variants_through_comfyui_have_distinct_seeds(api, box, emulators, celer
     assert len(seeds) == 3
     graphs = [emulators["comfyui"].prompts[asset.external_task_id].graph for asset in assets]
     assert {graph["9"]["inputs"]["seed"] for graph in graphs} == seeds
+
+
+def test_a_comfyui_run_longer_than_the_first_poll_is_followed_to_the_end(api, box, emulators, celery_worker, bucket):
+    """The first poll (2 s) finds it running: progress is recorded and the next poll is scheduled."""
+    model = install("comfyui", emulators["comfyui"].base_url)
+    parent = upload(api, box, samples.png_bytes(*SOURCE_SIZE))
+    emulators["comfyui"].task_seconds = 4.0
+    try:
+        asset = wait_for(generate(api, box, model, parent_asset_id=parent["id"])["id"])
+    finally:
+        emulators["comfyui"].task_seconds = 0.3
+
+    assert asset.status == Asset.Status.COMPLETED, asset.error_message
+    assert asset.poll_count >= 2 and (asset.width, asset.height) == SOURCE_SIZE

@@ -9,6 +9,7 @@ from django.core.management.base import CommandError
 
 from apps.ai_providers import sandbox
 from apps.ai_providers.demo import DemoFailed, sample_png, walk
+from apps.ai_providers.emulators.comfyui import ComfyUIEmulator
 from apps.ai_providers.emulators.kie import KieEmulator
 from apps.ai_providers.kie_catalogue import KIE_MODELS
 from apps.ai_providers.local_catalogue import A1111_MODELS, COMFYUI_TEMPLATES, KANDINSKY_MODELS
@@ -73,9 +74,19 @@ def sandbox_emulator():
         yield emulator
 
 
+@pytest.fixture
+def comfyui_sandbox():
+    with ComfyUIEmulator(task_seconds=0.5) as emulator:
+        yield emulator
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_demo_walk_completes_against_the_real_worker(sandbox_emulator, celery_worker, live_server, bucket):
-    setup_sandbox("--kie-url", sandbox_emulator.base_url, "--allow-production")
+def test_the_demo_walk_completes_against_the_real_worker(
+    sandbox_emulator, comfyui_sandbox, celery_worker, live_server, bucket
+):
+    setup_sandbox(
+        "--kie-url", sandbox_emulator.base_url, "--comfyui-url", comfyui_sandbox.base_url, "--allow-production"
+    )
     get_user_model().objects.create_user("demo", password="demo-password-123")
     lines = []
 
@@ -95,6 +106,11 @@ def test_the_demo_walk_completes_against_the_real_worker(sandbox_emulator, celer
     assert "curl -X POST" in output and "6. Generate a video from that image" in output
     task = sandbox_emulator.tasks[video.external_task_id]
     assert task.inputs and task.inputs[0].status == 200, "the sandbox fetched the generated image"
+    local = Asset.objects.get(pk=assets["local"]["id"])
+    assert (local.status, local.parent_asset, local.width, local.height) == ("COMPLETED", upload, 768, 512)
+    assert (
+        comfyui_sandbox.prompts[local.external_task_id].graph["9"]["inputs"]["seed"] == local.generation_config["seed"]
+    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,6 +14,7 @@ import httpx
 
 IMAGE_MODEL = "Nano Banana Edit"
 VIDEO_MODEL = "Veo 3.1 Fast image-to-video"
+LOCAL_PROVIDER, LOCAL_MODEL = "ComfyUI sandbox", "Flux img2img"  # a local GPU server, emulated
 
 
 def sample_png(width: int = 768, height: int = 512) -> bytes:
@@ -97,7 +98,7 @@ def walk(
     out: Callable[[str], None] = print,
     timeout: float = 120.0,
 ) -> dict[str, dict]:
-    """Run the quickstart flow against ``api_url``; returns the upload, image and video assets.
+    """Run the quickstart flow against ``api_url``; returns the upload, image, video and local assets.
 
     Raises ``DemoFailed`` naming the step that failed.
     """
@@ -117,8 +118,10 @@ def walk(
     )
     out(f"  → asset {upload['id']}: {upload['mime_type']} {upload['width']}×{upload['height']}")
     models = demo.request("4. List the AI models", "GET", "/api/ai-models/", expect=200, params={"page_size": 100})
-    by_name = {m["name"]: m for m in models["results"] if m["sandbox"]}
+    by_name = {m["name"]: m for m in models["results"] if m["sandbox"] and m["provider"] != LOCAL_PROVIDER}
+    local = {m["name"]: m for m in models["results"] if m["provider"] == LOCAL_PROVIDER}
     missing = [name for name in (IMAGE_MODEL, VIDEO_MODEL) if name not in by_name]
+    missing += [f"{LOCAL_PROVIDER} / {LOCAL_MODEL}"] if LOCAL_MODEL not in local else []
     if missing:
         raise DemoFailed(f"4. List the AI models: no sandbox model named {missing}; run setup_sandbox")
     image_asset = demo.request(
@@ -147,4 +150,24 @@ def walk(
         },
     )
     video = demo.follow("6. Generate a video from that image", video["id"])
-    return {"upload": upload, "image": image_asset, "video": video}
+    step = "7. img2img on your own GPU server (ComfyUI): the source's size is kept"
+    local_asset = demo.request(
+        step,
+        "POST",
+        f"/api/boxes/{box['id']}/generate/",
+        expect=201,
+        json={
+            "prompt": "The same scene in snow",
+            "ai_model_id": local[LOCAL_MODEL]["id"],
+            "parent_asset_id": upload["id"],
+            "generation_config": {"steps": 20},
+        },
+    )
+    local_asset = demo.follow(step, local_asset["id"])
+    if (local_asset["width"], local_asset["height"]) != (upload["width"], upload["height"]):
+        raise DemoFailed(
+            f"{step}: the result is {local_asset['width']}×{local_asset['height']}, "
+            f"the source {upload['width']}×{upload['height']}"
+        )
+    out(f"  → seed {local_asset['generation_config']['seed']} stored: send generation_config back to repeat it")
+    return {"upload": upload, "image": image_asset, "video": video, "local": local_asset}

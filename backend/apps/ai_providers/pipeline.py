@@ -66,7 +66,6 @@ from apps.assets.storage import file_url
 from .adapters import adapter_class, get_adapter
 from .adapters.base import Failed, ProviderError, Running, Source, SourceUnreachable, Succeeded
 from .adapters.http import Download, download
-from .adapters.mapping import ResponseMapping
 from .models import AIModel
 from .parameters import SEED_SPEC, validate_generation_config
 from .templating import (
@@ -490,6 +489,10 @@ def poll(asset_id: int) -> None:
     except ProviderError as error:
         _poll_failed(asset, error)
         return
+    except Exception as exc:  # an answer the adapter did not expect: counted like an unreadable one
+        logger.exception("asset %s: the status query failed unexpectedly", asset.pk)
+        _poll_failed(asset, ProviderError(f"{model.provider.name}: unexpected answer ({exc!r})", retryable=True))
+        return
 
     if isinstance(result, Running):
         delay = _poll_delay(asset, now)
@@ -530,11 +533,11 @@ def _poll_delay(asset: Asset, now) -> float:
     With a callback on its way polling is only a safety net, so it is much sparser.
     """
     age = (now - (asset.submitted_at or now)).total_seconds()
-    mapping = ResponseMapping.from_json(asset.ai_model.response_mapping) if asset.ai_model.response_mapping else None
     if asset.awaits_callback:
         delay = min(max(age, settings.GENBOX_SAFETY_POLL_SECONDS), CALLBACK_POLL_INTERVAL_MAX)
     else:
-        cap = (mapping.poll_interval_max if mapping and mapping.poll_interval_max else None) or POLL_INTERVAL_MAX
+        # The mapping's shape is the adapter's business (ComfyUI's has only an output node); this key is shared.
+        cap = (asset.ai_model.response_mapping or {}).get("poll_interval_max") or POLL_INTERVAL_MAX
         delay = min(max(age * 0.5, POLL_INTERVAL_MIN), cap)
     return delay * random.uniform(0.9, 1.1)
 

@@ -420,7 +420,7 @@ def _progress_reader(asset_id: int, adapter):
             while not done.wait(SYNC_PROGRESS_SECONDS):
                 try:
                     progress = adapter.progress()
-                except ProviderError:
+                except Exception:  # progress is a nicety; the generation's own answer decides
                     continue
                 if progress is not None:
                     Asset.objects.filter(pk=asset_id, stage=Stage.SUBMITTING).update(progress=progress)

@@ -10,6 +10,9 @@ from .base import ProviderError, Succeeded, SynchronousAdapter, out_of_memory_hi
 from .http import error_detail, send, status_error
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The service's 503 while it has no models, and its reason while they are still loading.
+MODELS_NOT_LOADED = "Models are not loaded:"
+LOADING = "loading is in progress"
 
 
 class KandinskyAdapter(SynchronousAdapter):
@@ -24,16 +27,14 @@ class KandinskyAdapter(SynchronousAdapter):
             headers=self.bearer_headers(),
             timeout=httpx.Timeout(10.0, read=timeout, write=60.0, pool=10.0),
         )
-        if response.status_code == 503 and "loading is in progress" not in response.text:
-            # Not loading but failed to load: waiting will not help until someone fixes it and POSTs /reload.
+        detail = error_detail(response) if response.status_code != 200 else ""
+        if response.status_code == 503 and detail.startswith(MODELS_NOT_LOADED) and LOADING not in detail:
+            # The load failed (not still running): waiting will not help until someone fixes it and POSTs /reload.
             raise ProviderError(
-                f"{self.label}: the service has no models ({error_detail(response)}); fix that and POST /reload",
-                retryable=False,
+                f"{self.label}: the service has no models ({detail}); fix that and POST /reload", retryable=False
             )
         if response.status_code != 200:
-            raise status_error(
-                self.label, response, out_of_memory_hint(error_detail(response)), what="the generation", sent=True
-            )
+            raise status_error(self.label, response, out_of_memory_hint(detail), what="the generation", sent=True)
         if not response.content.startswith(PNG_SIGNATURE):
             kind = response.headers.get("Content-Type", "no Content-Type")
             raise ProviderError(
@@ -48,12 +49,6 @@ class KandinskyAdapter(SynchronousAdapter):
 
     def check_connection(self) -> str:
         response = send(self.label, "GET", self.url("/health"), headers=self.bearer_headers(), timeout=10.0)
-        if response.status_code == 503 and "loading is in progress" not in response.text:
-            # Not loading but failed to load: waiting will not help until someone fixes it and POSTs /reload.
-            raise ProviderError(
-                f"{self.label}: the service has no models ({error_detail(response)}); fix that and POST /reload",
-                retryable=False,
-            )
         if response.status_code != 200:
             raise status_error(self.label, response, error_detail(response), what="the health check")
         try:

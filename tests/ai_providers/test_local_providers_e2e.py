@@ -237,3 +237,26 @@ def test_a_comfyui_run_longer_than_the_first_poll_is_followed_to_the_end(api, bo
 
     assert asset.status == Asset.Status.COMPLETED, asset.error_message
     assert asset.poll_count >= 2 and (asset.width, asset.height) == SOURCE_SIZE
+
+
+def test_a1111_progress_is_copied_onto_the_asset_while_it_generates(api, box, emulators, celery_worker, bucket):
+    model = install("a1111", emulators["a1111"].base_url)
+    parent = upload(api, box, samples.png_bytes(*SOURCE_SIZE))
+    emulators["a1111"].task_seconds = 6.0
+    try:
+        asset_id = generate(api, box, model, parent_asset_id=parent["id"])["id"]
+        seen = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            asset = Asset.objects.get(pk=asset_id)
+            if asset.stage == Asset.Stage.SUBMITTING:
+                seen.add(asset.progress)
+            if asset.status in (Asset.Status.COMPLETED, Asset.Status.FAILED):
+                break
+            time.sleep(0.2)
+    finally:
+        emulators["a1111"].task_seconds = 0.3
+
+    assert asset.status == Asset.Status.COMPLETED, asset.error_message
+    assert any(value is not None and 0 < value < 1 for value in seen), seen
+    assert asset.progress == 1.0

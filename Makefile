@@ -43,7 +43,7 @@ test: $(STAMP)
 	bash scripts/test.sh $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend tests
+	$(BIN)/ruff check backend tests bench scripts services
 
 clean:
 	rm -rf var staticfiles .pytest_cache

@@ -45,8 +45,6 @@ import math
 import os
 import queue
 import re
-import socket
-import socketserver
 import struct
 import subprocess
 import sys
@@ -60,12 +58,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 from PIL import Image, ImageDraw, ImageFont
+
+from .local import EmulatorServer, TrackedHandler
 
 logger = logging.getLogger(__name__)
 
@@ -968,53 +968,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog of 5 drops connections under a burst of a few hundred concurrent clients.
-    request_queue_size = 1024
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], emulator: KieEmulator) -> None:
-        self.emulator = emulator
-        self.open_connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the FQDN of the host, which can stall on a machine without DNS.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):
-            return  # clients hanging up are normal here (truncated downloads, stop())
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: benchmarks would otherwise pay a TCP handshake per request
-    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms each.
-    disable_nagle_algorithm = True
+class _Handler(TrackedHandler):
     server_version = "KieEmulator/1.0"
     sys_version = ""
     timeout = 60  # idle keep-alive connections are dropped after a minute
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.open_connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.open_connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.server.emulator._handle(self, "GET")
@@ -1118,7 +1075,7 @@ class KieEmulator:
         self._result_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._result_cache_lock = threading.Lock()
         self._rendering: dict[tuple[str, str], threading.Lock] = {}
-        self._server: _Server | None = None
+        self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._scheduler: _Scheduler | None = None
         self._fetchers: _WorkerPool | None = None
@@ -1157,7 +1114,7 @@ class KieEmulator:
         """Bind and serve in a background thread; returns self. Starting twice is an error."""
         if self._server is not None:
             raise RuntimeError("the emulator is already started")
-        self._server = _Server((self.host, self.port), self)
+        self._server = EmulatorServer((self.host, self.port), self, _Handler)
         bound_host, bound_port = self._server.server_address[:2]
         self.port = int(bound_port)
         shown_host = "127.0.0.1" if bound_host in ("0.0.0.0", "", "::") else str(bound_host)
@@ -1176,15 +1133,7 @@ class KieEmulator:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        with server.connections_lock:
-            connections = list(server.open_connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        server.close()
         if self._thread is not None:
             self._thread.join(timeout=2)
         for worker in (self._scheduler, self._fetchers, self._senders):

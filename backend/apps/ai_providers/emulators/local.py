@@ -154,7 +154,7 @@ class LocalEmulator:
         # The latest requests (bodies included), bounded: run_sandbox may run for days.
         self.requests: deque[Request] = deque(maxlen=REQUESTS_KEPT)
         self.lock = threading.RLock()
-        self._server: _Server | None = None
+        self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
 
@@ -188,7 +188,7 @@ class LocalEmulator:
     def start(self):
         if self._server is not None:
             raise RuntimeError("the emulator is already started")
-        self._server = _Server((self.host, self.port), self)
+        self._server = EmulatorServer((self.host, self.port), self, _Handler)
         bound_host, bound_port = self._server.server_address[:2]
         self.port = int(bound_port)
         shown_host = "127.0.0.1" if bound_host in ("0.0.0.0", "", "::") else str(bound_host)
@@ -204,15 +204,7 @@ class LocalEmulator:
         if server is None:
             return
         self.on_stop()
-        server.shutdown()
-        server.server_close()
-        with server.connections_lock:
-            connections = list(server.open_connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        server.close()
         if self._thread:
             self._thread.join(timeout=5)
 
@@ -275,33 +267,53 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
     return form, files
 
 
-class _Server(ThreadingHTTPServer):
+class EmulatorServer(ThreadingHTTPServer):
+    """The HTTP server of every emulator (Kie.ai's too): it knows its open connections, so ``close`` can drop
+    idle keep-alive ones, and it does not look up its own host name (which stalls on a machine without DNS).
+    Its handler class must derive from ``TrackedHandler``."""
+
     daemon_threads = True
-    request_queue_size = 256
+    # The default backlog of 5 drops connections under a burst of a few hundred concurrent clients.
+    request_queue_size = 1024
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: LocalEmulator) -> None:
+    def __init__(self, address: tuple[str, int], emulator: Any, handler: type[BaseHTTPRequestHandler]) -> None:
         self.emulator = emulator
         self.open_connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # skip the FQDN lookup, which stalls without DNS
+        socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], OSError):
-            return  # clients hanging up
+            return  # clients hanging up are normal here (truncated downloads, stop())
         super().handle_error(request, client_address)
 
+    def close(self) -> None:
+        """Stop serving and drop every open connection."""
+        self.shutdown()
+        self.server_close()
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+
+class TrackedHandler(BaseHTTPRequestHandler):
+    """Registers its connection with the ``EmulatorServer`` while it is open."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: benchmarks would otherwise pay a TCP handshake per request
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms each.
     disable_nagle_algorithm = True
-    server: _Server
+    server: EmulatorServer
 
     def setup(self) -> None:
         super().setup()
@@ -316,6 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+
+class _Handler(TrackedHandler):
     @property
     def server_version(self) -> str:  # type: ignore[override]
         return self.server.emulator.server_version

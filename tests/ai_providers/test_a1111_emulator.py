@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 from apps.ai_providers.emulators.a1111 import DIRECTIVES, OOM_MESSAGE, SD_MODELS, A1111Emulator
+from tests.ai_providers.helpers import in_thread
 
 TASK_SECONDS = 0.05
 
@@ -59,17 +59,6 @@ def decode(encoded: str) -> Image.Image:
 
 def txt2img(client: httpx.Client, **body: Any) -> httpx.Response:
     return client.post("/sdapi/v1/txt2img", json={"prompt": "a red fox", **body})
-
-
-def in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result["response"] = call()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, result
 
 
 # ---- txt2img --------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 
 from apps.ai_providers.emulators.kandinsky import DIRECTIVES, KandinskyEmulator
+from tests.ai_providers.helpers import in_thread
 
 TASK_SECONDS = 0.05
 API_KEY = "test-kandinsky-key"
@@ -59,17 +59,6 @@ def png(response: httpx.Response) -> Image.Image:
 
 def generate(client: httpx.Client, **body: Any) -> httpx.Response:
     return client.post("/generate", json={"prompt": "a red fox", **body})
-
-
-def in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result["response"] = call()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, result
 
 
 # ---- /generate ------------------------------------------------------------------------------------------

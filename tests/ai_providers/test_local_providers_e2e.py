@@ -23,6 +23,7 @@ from apps.ai_providers.services import provider_install
 from apps.ai_providers.templating import template_variables
 from apps.assets.models import Asset
 from tests import media_samples as samples
+from tests.ai_providers.test_generation_e2e import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,16 +71,6 @@ def generate(api, box, model: AIModel, **body) -> dict:
     )
     assert response.status_code == 201, response.content
     return response.json()
-
-
-def wait_for(asset_id: int, timeout: float = 60.0) -> Asset:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        asset = Asset.objects.get(pk=asset_id)
-        if asset.status in (Asset.Status.COMPLETED, Asset.Status.FAILED):
-            return asset
-        time.sleep(0.2)
-    raise AssertionError(f"asset {asset_id} still {asset.status}/{asset.stage} after {timeout} s")
 
 
 def stored_image(bucket, asset: Asset) -> Image.Image:

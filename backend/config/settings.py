@@ -239,6 +239,8 @@ GENBOX_SOURCE_URL_EXPIRE = _env_positive_int("GENBOX_SOURCE_URL_EXPIRE", 24 * 36
 # generation; their submissions go to this queue, served by workers with one slot per GPU
 # (``celery -A config worker -Q gpu --concurrency 1``). A provider's ``settings.queue`` overrides it.
 GENBOX_GPU_QUEUE = env.str("GENBOX_GPU_QUEUE", default="gpu")
+# How long such a submission may wait for its turn on the GPU before it is given up.
+GENBOX_GPU_QUEUE_WAIT_SECONDS = _env_positive_int("GENBOX_GPU_QUEUE_WAIT_SECONDS", 3600)
 # Where setup_kandinsky (and the compose stack) finds the Kandinsky 2.2 service (services/kandinsky/).
 KANDINSKY_SERVICE_URL = env.str("KANDINSKY_SERVICE_URL", default="http://localhost:8002")
 

@@ -194,3 +194,26 @@ def test_provider_urls_keep_credentials_out():
     with pytest.raises(ValidationError, match="Leave credentials out"):
         validate_server_url("http://user:secret@gpu:7860")
     validate_server_url("http://stable_diffusion:7860")  # a compose service name
+
+
+def test_a_gpu_generation_may_wait_for_its_turn_and_says_so_when_it_waited_too_long(a1111, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.ai_providers.pipeline import sweep
+
+    settings.GENBOX_GPU_QUEUE_WAIT_SECONDS = 7200
+    box = BoxFactory()
+    model = a1111.get(name="Stable Diffusion txt2img")
+
+    [asset] = generation_start(box=box, model=model, prompt="x")
+
+    waiting = (asset.deadline_at - timezone.now()).total_seconds()
+    assert 7100 < waiting <= 7200  # not the model's 15 minutes: the run gets those when it starts
+    Asset.objects.filter(pk=asset.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    sweep()
+    asset.refresh_from_db()
+    assert asset.status == Asset.Status.FAILED
+    assert asset.error_message.startswith("The generation did not start in time: still waiting for the GPU")
+    assert "GENBOX_GPU_QUEUE_WAIT_SECONDS is 120 minutes" in asset.error_message

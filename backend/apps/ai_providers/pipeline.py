@@ -175,6 +175,8 @@ def generation_start(
     )
     group = {"variant_group": uuid.uuid4().hex, "variants": variants} if variants > 1 else {}
     now = timezone.now()
+    # A synchronous provider's generation may first wait its turn for the GPU; its own timeout starts with the run.
+    first_deadline = settings.GENBOX_GPU_QUEUE_WAIT_SECONDS if submit_queue(model) else model.effective_timeout_seconds
     assets = []
     for index, seed in enumerate(seeds):
         asset = Asset.objects.create(
@@ -190,7 +192,7 @@ def generation_start(
             callback_token=secrets.token_urlsafe(32),
             metadata={**metadata, **group, "variant": index + 1} if group else metadata,
             next_poll_at=now,
-            deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
+            deadline_at=now + timedelta(seconds=first_deadline),
         )
         logger.info(
             "asset %s: generation queued with model %s (%s), seed %s; prompt: %s",
@@ -752,6 +754,14 @@ def _fail(asset: Asset, message: str, *from_stages: str) -> int:
 
 
 def _fail_timeout(asset: Asset) -> int:
+    if asset.stage == Stage.QUEUED and asset.ai_model and submit_queue(asset.ai_model):
+        waited = _duration(settings.GENBOX_GPU_QUEUE_WAIT_SECONDS)
+        last = asset.metadata.get("last_submit_error")
+        message = (
+            f"The generation did not start in time: still waiting for the GPU (GENBOX_GPU_QUEUE_WAIT_SECONDS is "
+            f"{waited})" + (f"; the last attempt: {last}" if last else "") + ". It was stopped."
+        )
+        return _fail(asset, message, asset.stage)
     seconds = asset.ai_model.effective_timeout_seconds if asset.ai_model else None
     limit = f" within {_duration(seconds)}" if seconds else ""
     where = "the provider" if asset.stage == Stage.POLLING else "the queue"

@@ -94,11 +94,6 @@ class SourceUnreachable(Exception):
     """The provider has no way to get the source image; ``str(exc)`` says what to configure."""
 
 
-def base64_variables(source: Source) -> dict[str, Any]:
-    """``<<image_base64>>`` / ``<<mask_base64>>``: the file inline, for providers that take it in the body."""
-    return {f"{source.role}_base64": base64.b64encode(source.read()).decode("ascii")}
-
-
 class CallbackRejected(Exception):
     """A callback request is not genuine or not understood; nothing was changed."""
 
@@ -218,7 +213,8 @@ class SynchronousAdapter(Adapter):
         refuse_response_mapping(cls.label, value)
 
     def source_variables(self, source: Source) -> dict[str, Any]:
-        return base64_variables(source)
+        """``<<image_base64>>`` / ``<<mask_base64>>``: the file inline, in the request body."""
+        return {f"{source.role}_base64": base64.b64encode(source.read()).decode("ascii")}
 
     def poll(self, model: "AIModel", task_id: str) -> PollResult:
         """Only reached when storing a result was interrupted: the picture existed only in that answer."""

@@ -159,7 +159,7 @@ class ComfyUIAdapter(Adapter):
         return Submitted(task_id=str(answer.get("prompt_id") or prompt_id))
 
     def poll(self, model, task_id: str) -> PollResult:
-        response = send(self.label, "GET", self.url(f"/history/{task_id}"), headers=self.bearer_headers())
+        response = self._history(task_id)
         if response.status_code != 200:
             raise status_error(self.label, response, error_detail(response), what="the status query")
         try:
@@ -192,6 +192,9 @@ class ComfyUIAdapter(Adapter):
         produced = ", ".join(sorted(entry.get("outputs") or {})) or "none"
         return Failed(f"{self.label}: the run finished without output from node {node} (nodes with output: {produced})")
 
+    def _history(self, task_id: str):
+        return send(self.label, "GET", self.url(f"/history/{task_id}"), headers=self.bearer_headers())
+
     def _in_queue(self, task_id: str) -> bool:
         """Whether the prompt is running or waiting in ComfyUI's queue; True when the queue cannot be read."""
         response = send(self.label, "GET", self.url("/queue"), headers=self.bearer_headers())
@@ -204,7 +207,7 @@ class ComfyUIAdapter(Adapter):
 
     def _history_entry(self, task_id: str) -> bool:
         """Asked again after the queue: a prompt that finished in between is in the history now."""
-        response = send(self.label, "GET", self.url(f"/history/{task_id}"), headers=self.bearer_headers())
+        response = self._history(task_id)
         try:
             return bool(response.json().get(task_id))
         except (ValueError, AttributeError):

@@ -17,11 +17,11 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup()
 
-from apps.ai_providers.adapters.comfyui import ComfyUIAdapter  # noqa: E402
-from apps.ai_providers.emulators.comfyui import ComfyUIEmulator  # noqa: E402
-from apps.ai_providers.local_catalogue import comfyui_template_models  # noqa: E402
 from apps.ai_providers.models import AIModel, AIProvider  # noqa: E402
+from apps.ai_providers.providers.comfyui.adapter import ComfyUIAdapter  # noqa: E402
+from apps.ai_providers.providers.comfyui.presets import comfyui_template_models  # noqa: E402
 from apps.ai_providers.templating import render_request  # noqa: E402
+from sandbox.comfyui import ComfyUIEmulator  # noqa: E402
 
 
 def main() -> None:

@@ -123,7 +123,7 @@ class Stack:
     """Emulator (in this process), API (gunicorn) and worker (celery, 2 processes), on a fresh database."""
 
     def __init__(self, *, callbacks: bool, task_seconds: float, rate_limit: int | None = None, concurrency: int = 2):
-        from apps.ai_providers.emulators.kie import KieEmulator
+        from sandbox.kie import KieEmulator
 
         fresh_database()
         ensure_bucket()

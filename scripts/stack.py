@@ -3,6 +3,9 @@
     python scripts/stack.py run  [--port 8000]   start it and stay up; prints the URLs and a token
     python scripts/stack.py demo [--port 8000]   start it, walk the quickstart over HTTP, stop, exit 0 / 1
 
+The API, the worker and beat are the Procfile's ``web``, ``worker`` and ``beat``, run by honcho; the sandbox
+(development only, not in the Procfile) runs beside them.
+
 Embedded defaults (SQLite, local files under var/, the filesystem broker) unless DATABASE_URL,
 CELERY_BROKER_URL or AWS_STORAGE_BUCKET_NAME say otherwise. Logs go to var/stack/.
 """
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "backend"))
+sys.path[:0] = [str(ROOT / "backend"), str(ROOT)]  # the Django project, and the sandbox package
 LOGS = ROOT / "var" / "stack"
 DEMO_USER, DEMO_PASSWORD = "demo", "genbox-demo"
 
@@ -45,8 +48,10 @@ class Stack:
             **os.environ,
             "DEBUG": os.environ.get("DEBUG", "true"),
             "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", self.api_url),
-            "PYTHONPATH": f"{ROOT / 'backend'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "backend"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
             "PYTHONUNBUFFERED": "1",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+            "CELERY_BEAT_SCHEDULE": str(LOGS / "celerybeat-schedule"),
         }
 
     def manage(self, *args: str) -> None:
@@ -80,31 +85,18 @@ class Stack:
             self.wait_port(port, "the sandbox", LOGS / "sandbox.log")
         urls = [arg for name, url in self.sandbox_urls.items() for arg in (f"--{name}-url", url)]
         self.manage("setup_sandbox", *urls, "--allow-production")
-        step("Starting a Celery worker with beat (log: var/stack/worker.log)")
-        self.spawn(
+        step(f"Starting the Procfile's web, worker and beat with honcho; the API on {self.api_url}")
+        honcho = [
+            str(Path(sys.executable).parent / "honcho"),
+            "start",
+            "--port",
+            str(self.port),
+            "web",
             "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-B",
-                "--loglevel=INFO",
-                "--concurrency=2",
-                "--queues=celery,gpu",  # one worker for all: the sandbox's synchronous servers use the GPU queue
-                "--schedule",
-                str(LOGS / "celerybeat-schedule"),
-            ],
-        )
-        step(f"Starting the API on {self.api_url}")
-        self.spawn(
-            "api",
-            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
-            foreground=self.api_in_foreground,
-        )
-        self.wait_port(self.port, "the API", LOGS / "api.log")
+            "beat",
+        ]
+        self.spawn("honcho", honcho, foreground=self.api_in_foreground)
+        self.wait_port(self.port, "the API", LOGS / "honcho.log")
 
     def wait_port(self, port: int, what: str, log: Path, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -169,7 +161,7 @@ def run(stack: Stack) -> int:
              curl -H "Authorization: Token {token}" {stack.api_url}/api/ai-models/
   Sandbox    {", ".join(f"{name} {url}" for name, url in stack.sandbox_urls.items())}
              (emulated providers; see QUICKSTART.md for their failure modes)
-  Logs       var/stack/worker.log, var/stack/sandbox.log
+  Logs       above (web, worker, beat: the Procfile's processes), var/stack/sandbox.log
 """,
         flush=True,
     )
@@ -181,7 +173,8 @@ def run(stack: Stack) -> int:
 
 
 def demo(stack: Stack) -> int:
-    from apps.ai_providers.demo import DemoFailed, sample_png, walk
+    from apps.assets.media.samples import sample_png
+    from sandbox.demo import DemoFailed, walk
 
     started = time.monotonic()
     stack.start()

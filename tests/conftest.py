@@ -47,7 +47,7 @@ def client_for(user):
 
 @pytest.fixture
 def user(db):
-    from tests.factories import UserFactory
+    from tests.support.factories import UserFactory
 
     return UserFactory()
 
@@ -61,13 +61,13 @@ def api(user):
 @pytest.fixture
 def stranger_api(db):
     """A second user, who must never see the first one's boxes or assets."""
-    from tests.factories import UserFactory
+    from tests.support.factories import UserFactory
 
     return client_for(UserFactory())
 
 
 @pytest.fixture
 def box(user):
-    from tests.factories import BoxFactory
+    from tests.support.factories import BoxFactory
 
     return BoxFactory(owner=user)

@@ -94,6 +94,11 @@ INSTALLED_APPS = [
     "apps.boxes",
     "apps.assets",
     "apps.ai_providers",
+    "apps.ai_providers.providers.kie",
+    "apps.ai_providers.providers.comfyui",
+    "apps.ai_providers.providers.a1111",
+    "apps.ai_providers.providers.kandinsky",
+    "apps.generations",
 ]
 
 MIDDLEWARE = [
@@ -224,7 +229,7 @@ GENBOX_UPLOAD_MAX_BYTES = _env_positive_int("GENBOX_UPLOAD_MAX_BYTES", 500 * 102
 GENBOX_IMAGE_MAX_SIDE = _env_positive_int("GENBOX_IMAGE_MAX_SIDE", 4096)
 FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
 
-# --- Generation pipeline (apps/ai_providers/pipeline.py explains each) ----------------------------------
+# --- Generation lifecycle (apps/generations/lifecycle.py explains each) ---------------------------------
 
 GENBOX_SWEEP_INTERVAL = _env_positive_int("GENBOX_SWEEP_INTERVAL", 30)
 GENBOX_SWEEP_GRACE = _env_positive_int("GENBOX_SWEEP_GRACE", 120)

@@ -7,9 +7,10 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
-from apps.ai_providers.api import AIModelDetailView, AIModelListView, CallbackView, GenerateView
+from apps.ai_providers.api import AIModelDetailView, AIModelListView
 from apps.assets.api import AssetDetailView, BoxAssetListView, BoxUploadView
 from apps.boxes.api import BoxDetailView, BoxListCreateView
+from apps.generations.api import CallbackView, GenerateView
 
 from .health import HealthView
 

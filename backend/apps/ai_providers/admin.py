@@ -2,9 +2,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count
 
-from .adapters import get_adapter
-from .adapters.base import ProviderError
+from .contract import ProviderError
 from .models import AIModel, AIProvider
+from .registry import get_adapter
 
 
 def mask_secret(value: str) -> str:

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from .parameters import validate_parameters_schema, validate_request_schema
+from .registry import kind_choices
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # "_": compose service names have them
 
@@ -38,15 +39,8 @@ class AIProvider(models.Model):
     ``api_key`` is a secret: write-only in the admin, never serialized by the API, never logged.
     """
 
-    class Kind(models.TextChoices):
-        KIE = "kie", "Kie.ai"
-        COMFYUI = "comfyui", "ComfyUI"
-        A1111 = "a1111", "AUTOMATIC1111 / Forge"
-        KANDINSKY = "kandinsky", "Kandinsky 2.2 service"
-        OPENAI = "openai", "OpenAI-compatible"
-
     name = models.CharField(max_length=100, unique=True)
-    kind = models.CharField(max_length=32, choices=Kind.choices, help_text="Which adapter speaks to this provider.")
+    kind = models.CharField(max_length=32, choices=kind_choices, help_text="Which adapter speaks to this provider.")
     base_url = models.CharField(max_length=500, validators=[validate_server_url])
     api_key = models.CharField(max_length=500, blank=True)
     is_active = models.BooleanField(default=True)
@@ -131,8 +125,8 @@ class AIModel(models.Model):
 
     def clean(self) -> None:
         """Everything a model must satisfy before it is saved, from the admin, a command or the API."""
-        from .adapters import adapter_class
-        from .adapters.mapping import validate_response_mapping
+        from .mapping import validate_response_mapping
+        from .registry import adapter_class
         from .templating import TemplateError, check_schema_variables
 
         try:  # each adapter knows the response_mapping it can use

@@ -30,7 +30,7 @@ class Asset(models.Model):
         FAILED = "FAILED", "Failed"
 
     class Stage(models.TextChoices):
-        """Where a generation is inside the pipeline (apps.ai_providers.pipeline); finer than ``status``."""
+        """Where a generation is inside the pipeline (apps.generations.lifecycle); finer than ``status``."""
 
         QUEUED = "QUEUED", "Queued for submission"  # status PENDING
         SUBMITTING = "SUBMITTING", "Being submitted"  # status PROCESSING; a request may be on the wire

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from ._output import all_models, model_table
+from apps.ai_providers.cli import all_models, model_table
 
 
 class Command(BaseCommand):

@@ -3,11 +3,11 @@ import threading
 
 from django.core.management.base import BaseCommand
 
-from apps.ai_providers import sandbox
-from apps.ai_providers.emulators.a1111 import A1111Emulator
-from apps.ai_providers.emulators.comfyui import ComfyUIEmulator
-from apps.ai_providers.emulators.kandinsky import KandinskyEmulator
-from apps.ai_providers.emulators.kie import DIRECTIVES, KieEmulator
+import sandbox
+from sandbox.a1111 import A1111Emulator
+from sandbox.comfyui import ComfyUIEmulator
+from sandbox.kandinsky import KandinskyEmulator
+from sandbox.kie import DIRECTIVES, KieEmulator
 
 
 class Command(BaseCommand):

@@ -1,12 +1,13 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.ai_providers import sandbox
-from apps.ai_providers.local_catalogue import A1111_MODELS, KANDINSKY_MODELS, comfyui_template_models
-from apps.ai_providers.models import AIProvider
+import sandbox
+from apps.ai_providers.cli import install
+from apps.ai_providers.providers.a1111.presets import A1111_MODELS
+from apps.ai_providers.providers.comfyui.presets import comfyui_template_models
+from apps.ai_providers.providers.kandinsky.presets import KANDINSKY_MODELS
+from apps.ai_providers.providers.kie.services import kie_catalogue_install
 from apps.ai_providers.services import provider_install
-
-from ._output import install, install_kie_catalogue
 
 
 def _local(port: int) -> str:
@@ -38,8 +39,9 @@ class Command(BaseCommand):
             raise CommandError(
                 "The sandbox is for development and DEBUG is off. Pass --allow-production to register it anyway."
             )
-        install_kie_catalogue(
+        install(
             self,
+            kie_catalogue_install,
             name=sandbox.KIE_PROVIDER_NAME,
             base_url=options["kie_url"],
             api_key=sandbox.KIE_API_KEY,
@@ -49,15 +51,15 @@ class Command(BaseCommand):
             ),
         )
         for name, kind, url, api_key, models in (
-            (sandbox.COMFYUI_PROVIDER_NAME, AIProvider.Kind.COMFYUI, "comfyui_url", None, comfyui_template_models()),
+            (sandbox.COMFYUI_PROVIDER_NAME, "comfyui", "comfyui_url", None, comfyui_template_models()),
             (
                 sandbox.A1111_PROVIDER_NAME,
-                AIProvider.Kind.A1111,
+                "a1111",
                 "a1111_url",
                 ":".join(sandbox.A1111_AUTH),
                 A1111_MODELS,
             ),
-            (sandbox.KANDINSKY_PROVIDER_NAME, AIProvider.Kind.KANDINSKY, "kandinsky_url", None, KANDINSKY_MODELS),
+            (sandbox.KANDINSKY_PROVIDER_NAME, "kandinsky", "kandinsky_url", None, KANDINSKY_MODELS),
         ):
             self.stdout.write("")
             install(

@@ -1,7 +1,7 @@
 """AUTOMATIC1111 / Forge WebUI API emulator: a synchronous local GPU server over real HTTP.
 
-The wire protocol is the one of ``/work/shared/protocols.md`` section 3 (the WebUI's ``/sdapi/v1`` API,
-FastAPI + pydantic v1). Standard library and Pillow only, no Django.
+The wire protocol is the WebUI's ``/sdapi/v1`` API (FastAPI + pydantic v1), as ``docs/providers.md`` describes
+it. Standard library and Pillow only, no Django.
 
 Contract, in short:
 

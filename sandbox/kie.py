@@ -1,6 +1,6 @@
 """Kie.ai protocol emulator: a real HTTP server speaking Kie's async task APIs, quirks included.
 
-The wire protocol is the one described in ``/work/shared/protocols.md`` section 1. The emulator exists so
+The wire protocol is the one described in ``docs/providers.md`` (Kie.ai). The emulator exists so
 that clients, workers, benchmarks and the sandbox can be exercised end to end over real HTTP without
 spending credits. It depends only on the standard library, httpx and Pillow (plus, optionally, the ffmpeg
 binary of the dev-only ``imageio-ffmpeg`` package for playable videos): no Django, so it can run in plain

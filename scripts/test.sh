@@ -31,7 +31,7 @@ export PYTHONPATH="$PWD/backend:$PWD"
 
 # The Kandinsky service (services/kandinsky/) has its own environment (torch, diffusers) and tests. A full
 # run starts with them, which also prepares the environment the adapter's test against the real service
-# uses (tests/ai_providers/test_kandinsky_service.py); a run of chosen tests (arguments given) leaves them out.
+# uses (tests/e2e/test_kandinsky_service.py); a run of chosen tests (arguments given) leaves them out.
 if [ $# -eq 0 ]; then
     echo "Kandinsky service tests (services/kandinsky/scripts/test.sh)"
     bash services/kandinsky/scripts/test.sh

@@ -1,7 +1,7 @@
 """Shared fixtures. `make test` runs these against PostgreSQL, Redis and moto's S3 server over HTTP.
 
 Django imports stay inside the fixtures so that pure unit tests also run without Django
-(``pytest -p no:django tests/assets/test_media.py``).
+(``pytest -p no:django tests/unit/assets/test_media.py``).
 """
 
 import boto3

@@ -1,4 +1,4 @@
-"""The img2img rules (seeds/img2img-audit.md) as the pipeline applies them before anything is queued."""
+"""The img2img rules (docs/providers.md) as ``generations.start`` applies them before anything is queued."""
 
 import pytest
 from django.core.exceptions import ValidationError

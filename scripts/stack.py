@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,12 +38,12 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, port: int, sandbox_ports: dict[str, int], *, api_in_foreground: bool):
+    def __init__(self, port: int, sandbox_ports: dict[str, int], *, echo_logs: bool):
         self.port = port
         self.sandbox_ports = sandbox_ports  # kie, comfyui, a1111, kandinsky
         self.api_url = f"http://127.0.0.1:{port}"
         self.sandbox_urls = {name: f"http://127.0.0.1:{port}" for name, port in sandbox_ports.items()}
-        self.api_in_foreground = api_in_foreground
+        self.echo_logs = echo_logs
         self.processes: list[subprocess.Popen] = []
         self.env = {
             **os.environ,
@@ -57,17 +58,20 @@ class Stack:
     def manage(self, *args: str) -> None:
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True)
 
-    def spawn(self, name: str, args: list[str], *, foreground: bool = False) -> subprocess.Popen:
+    def spawn(self, name: str, args: list[str], *, echo: bool = False) -> subprocess.Popen:
+        """Start a child in its own session, its output in var/stack/<name>.log (and on the terminal with ``echo``)."""
         LOGS.mkdir(parents=True, exist_ok=True)
-        output = None if foreground else (LOGS / f"{name}.log").open("w")
+        log = (LOGS / f"{name}.log").open("w")
         process = subprocess.Popen(
             args,
             cwd=ROOT,
             env=self.env,
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
+            stdout=subprocess.PIPE if echo else log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if echo:
+            threading.Thread(target=_tee, args=(process.stdout, log), daemon=True).start()
         self.processes.append(process)
         return process
 
@@ -95,7 +99,7 @@ class Stack:
             "worker",
             "beat",
         ]
-        self.spawn("honcho", honcho, foreground=self.api_in_foreground)
+        self.spawn("honcho", honcho, echo=self.echo_logs)
         self.wait_port(self.port, "the API", LOGS / "honcho.log")
 
     def wait_port(self, port: int, what: str, log: Path, timeout: float = 60) -> None:
@@ -123,6 +127,14 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _tee(stream, log) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        log.write(line.decode(errors="replace"))
+        log.flush()
 
 
 def step(text: str) -> None:
@@ -161,7 +173,7 @@ def run(stack: Stack) -> int:
              curl -H "Authorization: Token {token}" {stack.api_url}/api/ai-models/
   Sandbox    {", ".join(f"{name} {url}" for name, url in stack.sandbox_urls.items())}
              (emulated providers; see QUICKSTART.md for their failure modes)
-  Logs       above (web, worker, beat: the Procfile's processes), var/stack/sandbox.log
+  Logs       below and in var/stack/honcho.log (web, worker, beat: the Procfile's), var/stack/sandbox.log
 """,
         flush=True,
     )
@@ -222,7 +234,7 @@ def main() -> None:
     else:
         sandbox_ports = {name: free_port() for name in names}
     port = args.port if args.mode == "run" or port_free(args.port) else free_port()
-    stack = Stack(port, sandbox_ports, api_in_foreground=args.mode == "run")
+    stack = Stack(port, sandbox_ports, echo_logs=args.mode == "run")
     # A plain `kill` must stop the children too: turn SIGTERM into an exit that runs the `finally` below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.update({k: v for k, v in stack.env.items() if k in ("DEBUG", "PUBLIC_BASE_URL")})

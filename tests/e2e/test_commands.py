@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from apps.ai_providers.models import AIModel, AIProvider
-from apps.ai_providers.providers.kie.catalogue import KIE_FAMILIES, KIE_MODELS
+from apps.ai_providers.providers.kie.presets import KIE_FAMILIES, KIE_MODELS
 from apps.assets.models import Asset
 
 

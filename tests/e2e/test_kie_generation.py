@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.ai_providers.models import AIModel
-from apps.ai_providers.providers.kie.catalogue import KIE_MODELS
+from apps.ai_providers.providers.kie.presets import KIE_MODELS
 from apps.assets.models import Asset
 from tests.support import media_samples as samples
 from tests.support.helpers import EMULATOR_KEY, WEBHOOK_KEY, wait_for
@@ -350,7 +350,7 @@ def test_source_images_go_through_the_providers_upload_when_configured(api, box,
 
 
 def seeded_model(kie) -> AIModel:
-    from apps.ai_providers.providers.kie.catalogue import KIE_FAMILIES
+    from apps.ai_providers.providers.kie.presets import KIE_FAMILIES
 
     jobs = KIE_FAMILIES["jobs"]
     model = AIModel(

@@ -12,7 +12,7 @@ from apps.ai_providers.models import AIModel, AIProvider
 from apps.ai_providers.providers.a1111.presets import A1111_MODELS
 from apps.ai_providers.providers.comfyui.presets import COMFYUI_TEMPLATES
 from apps.ai_providers.providers.kandinsky.presets import KANDINSKY_MODELS
-from apps.ai_providers.providers.kie.catalogue import KIE_MODELS
+from apps.ai_providers.providers.kie.presets import KIE_MODELS
 from apps.assets.media.samples import sample_png
 from apps.assets.models import Asset
 from sandbox.comfyui import ComfyUIEmulator

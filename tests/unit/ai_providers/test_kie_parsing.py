@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 
 from apps.ai_providers.mapping import ResponseMapping, dig, validate_response_mapping
 from apps.ai_providers.providers.kie.adapter import classify
-from apps.ai_providers.providers.kie.catalogue import KIE_FAMILIES
+from apps.ai_providers.providers.kie.presets import KIE_FAMILIES
 
 
 @pytest.mark.parametrize(

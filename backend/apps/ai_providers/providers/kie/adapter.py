@@ -2,7 +2,7 @@
 
 What differs per family — submit and poll endpoints, where the status is and what its values mean,
 where results and errors are — lives on the model (``api_endpoint``, ``poll_endpoint``,
-``response_mapping``; ``KIE_FAMILIES`` in ``kie_catalogue`` has the presets). What all Kie endpoints
+``response_mapping``; ``KIE_FAMILIES`` in ``presets`` has them). What all Kie endpoints
 share is here: Bearer auth, the ``{"code", "msg" | "message", "data"}`` envelope whose body ``code`` is
 authoritative (errors arrive inside HTTP 200), and what each code means.
 """

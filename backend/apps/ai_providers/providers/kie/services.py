@@ -3,7 +3,7 @@
 from apps.ai_providers.models import AIProvider
 from apps.ai_providers.services import provider_install
 
-from .catalogue import KIE_MODELS, model_fields
+from .presets import KIE_MODELS, model_fields
 
 
 def kie_catalogue_install(

@@ -23,7 +23,7 @@ help:
 	@echo "make clean   remove var/ (local database, media, broker) — keeps .venv"
 
 # The virtual environment, rebuilt when a requirements file changes.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-sandbox.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt

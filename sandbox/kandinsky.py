@@ -1,365 +1,273 @@
-"""Kandinsky 2.2 service emulator: our own FastAPI service around diffusers' Kandinsky 2.2 pipelines.
+"""The Kandinsky 2.2 service of ``services/kandinsky/``, its real FastAPI app, on a fake engine (no torch).
 
-The wire protocol is the one of ``/work/shared/protocols.md`` section 4 (``seeds/kandinsky-service.md``),
-made precise here. Standard library and Pillow only, no Django.
+``KandinskyEmulator`` serves ``main.create_app(settings, engine=FakeEngine(...))`` with uvicorn in a
+background thread, so what answers is the service itself (validation, auth, errors, loading, the
+one-generation-at-a-time lock) and only the pictures are made up: real PNGs of the right size, labelled
+SANDBOX, the same bytes for the same seed and body. Failure modes are directives in the prompt, see
+``DIRECTIVES`` (the fake engine's). No Django.
 
-Contract:
+Every request is recorded (the latest ``REQUESTS_KEPT``, as ``sandbox.server.Request`` with the
+``Authorization`` header redacted), like the other sandbox servers record theirs, and the engine keeps one
+``FakeGeneration`` per generation that found the models loaded.
 
-* ``POST /generate`` JSON ``{prompt (1..2000 chars), negative_prompt="", width=768, height=768 (64..2048),
-  num_inference_steps=50 (1..200), guidance_scale=4.0 (0..30), prior_guidance_scale=1.0 (0..30),
-  seed=null (0..2**32-1; null → random), image=null (base64 PNG/JPEG/WEBP, ``data:`` URLs accepted → img2img),
-  strength=0.65 (0..1)}``; unknown fields are ignored. Answers 200 ``image/png`` with ``X-Seed: <seed used>``
-  and ``X-Image-Size: WxH``. The picture is ``make_png`` of ``"seed <n> · <prompt>"`` (the source pasted
-  in for img2img), so equal requests give identical bytes. Size: txt2img exactly ``width`` × ``height``;
-  img2img exactly the source image's size (``width``/``height`` are ignored).
-* A generation blocks for ``task_seconds`` (read at request time; ``[[slow:S]]`` overrides it) and
-  generations run one at a time (``gpu``, a lock); other routes keep answering meanwhile.
-* Errors, checked in this order: 401 ``{"detail": "Invalid or missing API key"}`` (with ``api_key`` set, every
-  route except ``GET /health`` and ``GET /`` needs ``Authorization: Bearer <key>``); 422
-  ``{"detail": [{"type", "loc": ["body", field], "msg", "input", ("ctx")}]}`` (pydantic v2, every bad field);
-  503 ``{"detail": "Models are not loaded: <unloaded_reason>"}`` while ``models_loaded`` is False; 400
-  ``{"detail": "image: <why>"}`` for an image that is not base64, not decodable, not PNG/JPEG/WEBP or over
-  4096×4096; 500 from directives. Unknown paths 404 ``{"detail": "Not Found"}``, wrong methods 405.
-* ``GET /health`` → ``{"status": "healthy"|"unhealthy", "device", "models_loaded", "busy"}`` (``busy`` while a
-  generation holds the GPU); ``POST /reload`` → ``{"status": "success", "message": "Models loaded"}`` (waits for
-  the running generation, then sets ``models_loaded``); ``GET /`` → service info and endpoints.
-* Failure modes are driven by directives in ``prompt``, see ``DIRECTIVES``.
-
-Recorded for tests: ``requests`` (see ``LocalEmulator``) and ``generations`` (one ``KandinskyGeneration`` per
-request that reached the GPU: body, seed, output size, start/end time, outcome).
+The service is imported from its folder, not installed: see ``_service_module``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-import io
+import importlib
+import importlib.machinery
+import importlib.util
 import json
-import math
-import random
+import socket
+import sys
 import threading
 import time
-import warnings
-from dataclasses import dataclass
+from collections import deque
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl
 
-from PIL import Image
+import uvicorn
 
-from .kie import make_png, parse_directives
-from .server import LocalEmulator, Reply, Request, slow_seconds
+from .server import REQUESTS_KEPT, Request
 
-DIRECTIVES = {
-    "oom": "500 'Out of memory: CUDA out of memory. Tried to allocate 1.50 GiB' as soon as the GPU is free",
-    "fail": "500 'Generation failed: RuntimeError: Emulated failure' after the generation time",
-    "malformed": "200 with Content-Type image/png but an HTML body, after the generation time",
-    "slow:S": "the generation takes S seconds (float) instead of task_seconds",
-}
-
-OOM_DETAIL = "Out of memory: CUDA out of memory. Tried to allocate 1.50 GiB"
-FAIL_DETAIL = "Generation failed: RuntimeError: Emulated failure"
-UNAUTHORIZED_DETAIL = "Invalid or missing API key"
-MAX_PROMPT_LENGTH = 2000
-MAX_SOURCE_SIDE = 4096
-SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
-MAX_SEED = 2**32 - 1
-_MALFORMED_BODY = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
-    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-)
-_OPEN_PATHS = frozenset({"/", "/health"})  # no API key needed (GET only)
-
-# field → (kind, default, ge, le); "str" bounds are lengths. Nullable fields accept JSON null.
-_FIELDS: dict[str, tuple[str, Any, float | None, float | None]] = {
-    "prompt": ("str", None, 1, MAX_PROMPT_LENGTH),
-    "negative_prompt": ("str", "", None, None),
-    "width": ("int", 768, 64, 2048),
-    "height": ("int", 768, 64, 2048),
-    "num_inference_steps": ("int", 50, 1, 200),
-    "guidance_scale": ("float", 4.0, 0, 30),
-    "prior_guidance_scale": ("float", 1.0, 0, 30),
-    "seed": ("int?", None, 0, MAX_SEED),
-    "image": ("str?", None, None, None),
-    "strength": ("float", 0.65, 0, 1),
-}
+SERVICE_DIR = Path(__file__).resolve().parent.parent / "services" / "kandinsky"
+SERVICE_PACKAGE = "genbox_kandinsky_service"
+STOP_SECONDS = 10  # how long stop() waits for requests in flight (a fake generation is released at once)
 
 
-@dataclass
-class KandinskyGeneration:
-    """One request that reached the GPU; ``width`` × ``height`` is the output size, ``outcome`` "ok", "oom",
-    "fail" or "malformed"."""
+def _service_module(name: str) -> ModuleType:
+    """``services/kandinsky/<name>.py``, imported as ``genbox_kandinsky_service.<name>``.
 
-    body: dict[str, Any]
-    seed: int
-    width: int
-    height: int
-    mode: str  # "txt2img" or "img2img"
-    started: float
-    finished: float = 0.0
-    outcome: str = "ok"
-
-
-class _Problem(Exception):
-    def __init__(self, reply: Reply):
-        super().__init__(reply.status)
-        self.reply = reply
+    The service is not a package: uvicorn runs it from its folder, where its modules import one another by
+    their plain names (``main``, ``engine``, ``fake_engine``). Putting that folder on ``sys.path`` would add
+    those generic names to this process's ``sys.modules`` (and whichever ``main`` came first would win). So a
+    package with a name of its own is made whose ``__path__`` is the folder; modules imported through it have
+    ``__package__`` set and import their siblings relatively (see the top of ``fake_engine.py``), so each is
+    loaded once, under a name nothing else uses.
+    """
+    if SERVICE_PACKAGE not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(SERVICE_PACKAGE, None, is_package=True)
+        spec.submodule_search_locations = [str(SERVICE_DIR)]
+        sys.modules[SERVICE_PACKAGE] = importlib.util.module_from_spec(spec)
+    return importlib.import_module(f"{SERVICE_PACKAGE}.{name}")
 
 
-def _detail(status: int, detail: Any, **headers: str) -> Reply:
-    return Reply.json({"detail": detail}, status=status, **headers)
+service = _service_module("main")  # the service's main.py: create_app, Settings
+fake_engine = _service_module("fake_engine")
+DIRECTIVES = fake_engine.DIRECTIVES
+FakeEngine = fake_engine.FakeEngine
 
 
-def _v2_error(kind: str, loc: list[Any], msg: str, value: Any, **ctx: Any) -> dict[str, Any]:
-    error: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": value}
-    if ctx:
-        error["ctx"] = ctx
-    return error
+class KandinskyEmulator:
+    """The Kandinsky service on ``host``:``port`` (0: a free port) with a fake engine, until ``stop()``. (Named
+    like the other sandbox servers, which emulate theirs; this one runs the service itself.)
 
+    ``api_key``: require ``Authorization: Bearer <key>`` (``KANDINSKY_API_KEY``). ``device``: what ``/health``
+    reports. ``task_seconds``: how long a generation takes (changeable while running). ``load_seconds`` and
+    ``load_error``: the models' load at start-up (and on ``POST /reload``) takes that long and fails with that
+    message while it is set (``engine.load_error = None`` fixes it; ``engine.release()`` ends a load still
+    running). ``load_on_startup=False``: the first generation loads the models, as
+    ``KANDINSKY_LOAD_ON_STARTUP=false`` does.
 
-def _check_int(name: str, value: Any) -> tuple[int | None, dict[str, Any] | None]:
-    loc = ["body", name]
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None, _v2_error("int_type", loc, "Input should be a valid integer", value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip()), None
-        except ValueError:
-            message = "Input should be a valid integer, unable to parse string as an integer"
-            return None, _v2_error("int_parsing", loc, message, value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            message = "Input should be a valid integer, got a number with a fractional part"
-            return None, _v2_error("int_from_float", loc, message, value)
-        return int(value), None
-    return value, None
-
-
-def _check_float(name: str, value: Any) -> tuple[float | None, dict[str, Any] | None]:
-    loc = ["body", name]
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None, _v2_error("float_type", loc, "Input should be a valid number", value)
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return None, _v2_error(
-            "float_parsing", loc, "Input should be a valid number, unable to parse string as a number", value
-        )
-    if not math.isfinite(number):
-        return None, _v2_error("finite_number", loc, "Input should be a finite number", value)
-    return number, None
-
-
-def _check_field(name: str, value: Any) -> tuple[Any, dict[str, Any] | None]:
-    """One field validated like the service's pydantic v2 model: ``(value, None)`` or ``(None, error)``."""
-    kind, _, low, high = _FIELDS[name]
-    loc = ["body", name]
-    if value is None and kind.endswith("?"):
-        return None, None
-    kind = kind.rstrip("?")
-    if kind == "str":
-        if not isinstance(value, str):
-            return None, _v2_error("string_type", loc, "Input should be a valid string", value)
-        if low is not None and len(value) < low:
-            message = f"String should have at least {int(low)} character{'s' if low != 1 else ''}"
-            return None, _v2_error("string_too_short", loc, message, value, min_length=int(low))
-        if high is not None and len(value) > high:
-            message = f"String should have at most {int(high)} characters"
-            return None, _v2_error("string_too_long", loc, message, value, max_length=int(high))
-        return value, None
-    number, error = _check_int(name, value) if kind == "int" else _check_float(name, value)
-    if error is not None:
-        return None, error
-    if low is not None and number < low:
-        limit = int(low) if kind == "int" else low
-        message = f"Input should be greater than or equal to {limit}"
-        return None, _v2_error("greater_than_equal", loc, message, value, ge=limit)
-    if high is not None and number > high:
-        limit = int(high) if kind == "int" else high
-        message = f"Input should be less than or equal to {limit}"
-        return None, _v2_error("less_than_equal", loc, message, value, le=limit)
-    return number, None
-
-
-def _parse_generate(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(body, parameters with defaults)`` of a /generate request, or a 422 listing every bad field."""
-    if not request.body:
-        raise _Problem(_detail(422, [_v2_error("missing", ["body"], "Field required", None)]))
-    try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        position = getattr(exc, "pos", 0)
-        error = _v2_error(
-            "json_invalid", ["body", position], "JSON decode error", {}, error=getattr(exc, "msg", str(exc))
-        )
-        raise _Problem(_detail(422, [error])) from None
-    if not isinstance(body, dict):
-        message = "Input should be a valid dictionary or object to extract fields from"
-        raise _Problem(_detail(422, [_v2_error("model_attributes_type", ["body"], message, body)]))
-    params: dict[str, Any] = {}
-    errors: list[dict[str, Any]] = []
-    for name, (_, default, _, _) in _FIELDS.items():
-        if name not in body:
-            if name == "prompt":
-                errors.append(_v2_error("missing", ["body", name], "Field required", body))
-            params[name] = default
-            continue
-        value, error = _check_field(name, body[name])
-        if error is not None:
-            errors.append(error)
-        params[name] = value
-    if errors:
-        raise _Problem(_detail(422, errors))
-    return body, params
-
-
-def _decode_source(encoded: str) -> tuple[bytes, tuple[int, int]]:
-    """Raw bytes and size of the img2img source, or a 400 ``image: <why>``."""
-    text = encoded.strip()
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if ";base64" not in header:
-            raise _Problem(_detail(400, "image: a data URL must be base64-encoded"))
-    text = "".join(text.split())
-    if not text:
-        raise _Problem(_detail(400, "image: empty"))
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise _Problem(_detail(400, "image: not valid base64")) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as opened:
-                image_format, size = opened.format, opened.size
-                if image_format not in SOURCE_FORMATS:
-                    raise _Problem(
-                        _detail(400, f"image: unsupported format {image_format} (PNG, JPEG or WEBP expected)")
-                    )
-                if size[0] > MAX_SOURCE_SIDE or size[1] > MAX_SOURCE_SIDE:
-                    limit = f"{MAX_SOURCE_SIDE}x{MAX_SOURCE_SIDE}"
-                    raise _Problem(_detail(400, f"image: {size[0]}x{size[1]} is larger than {limit}"))
-                opened.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Problem(_detail(400, "image: cannot be decoded as a picture")) from None
-    return raw, size
-
-
-class KandinskyEmulator(LocalEmulator):
-    """The Kandinsky 2.2 service on a background thread; see the module docstring."""
-
-    server_version = "uvicorn"
+    ``start()`` returns once the server answers and its start-up load has begun (so ``engine.release()`` ends
+    it) and, unless ``load_seconds`` asks for a slow one, ended; ``RuntimeError`` if the app failed to start,
+    ``OSError`` if the port is taken. ``base_url`` stays readable after ``stop()``. Also a context manager.
+    """
 
     def __init__(
         self,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        public_base_url: str | None = None,
         task_seconds: float = 0.2,
         api_key: str | None = None,
-        models_loaded: bool = True,
         device: str = "cuda",
+        load_seconds: float = 0.0,
+        load_error: str | None = None,
+        load_on_startup: bool = True,
     ):
-        super().__init__(host=host, port=port, public_base_url=public_base_url)
-        self.task_seconds = task_seconds
-        self.api_key = api_key
-        self.models_loaded = models_loaded
-        self.device = device
-        self.unloaded_reason = "the emulator was started with models_loaded=False"
-        self.generations: list[KandinskyGeneration] = []
-        self.gpu = threading.Lock()  # one generation at a time, like one GPU
-        self._routes = {
-            "/": {"GET": self._info},
-            "/health": {"GET": self._health},
-            "/generate": {"POST": self._generate},
-            "/reload": {"POST": self._reload},
-        }
+        self.host = host
+        self.port = port
+        self.settings = service.Settings(device=device, api_key=api_key or "", load_on_startup=load_on_startup)
+        self.engine = FakeEngine(
+            self.settings, task_seconds=task_seconds, load_seconds=load_seconds, load_error=load_error
+        )
+        self.app = service.create_app(self.settings, engine=self.engine)
+        # The latest requests (bodies included), bounded: run_sandbox may run for days.
+        self.requests: deque[Request] = deque(maxlen=REQUESTS_KEPT)
+        self.lock = threading.RLock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._base_url: str | None = None
+
+    # ---- life cycle -------------------------------------------------------------------------------------
 
     @property
-    def busy(self) -> bool:
-        return self.gpu.locked()
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("the Kandinsky sandbox is not started")
+        return self._base_url
 
-    def handle(self, request: Request) -> Reply:
-        methods = self._routes.get(request.path)
-        if methods is None:
-            return _detail(404, "Not Found")
-        route = methods.get(request.method)
-        if route is None:
-            return _detail(405, "Method Not Allowed", Allow=", ".join(methods))
-        if self.api_key is not None and request.path not in _OPEN_PATHS:
-            scheme, _, token = request.authorization.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-                reply = _detail(401, UNAUTHORIZED_DETAIL)
-                reply.headers["WWW-Authenticate"] = "Bearer"
-                return reply
+    def start(self) -> KandinskyEmulator:
+        if self._server is not None:
+            raise RuntimeError("the Kandinsky sandbox is already started")
+        # Bound here rather than by uvicorn, so that a taken port raises in the caller and port 0 is known.
+        listener = socket.create_server((self.host, self.port), backlog=1024)
+        self.port = listener.getsockname()[1]
+        shown_host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        self._base_url = f"http://{shown_host}:{self.port}"
+        config = uvicorn.Config(
+            _Recorder(self.app, self),
+            lifespan="on",
+            ws="none",  # no WebSocket routes; and no import of the websockets package's implementation
+            log_config=None,  # leave the host process's logging alone
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=STOP_SECONDS,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [listener]}, name="KandinskyEmulator-http", daemon=True
+        )
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                listener.close()
+                raise RuntimeError("the Kandinsky service app did not start (see the log)")
+            time.sleep(0.01)
+        self._server, self._thread = server, thread
+        # The app loads the models in a background task once started. Wait until that load has begun (so that
+        # engine.release() ends it) and, unless a slow one was asked for, ended: the first request then finds
+        # the models loaded.
+        deadline = time.monotonic() + STOP_SECONDS
+        while self.settings.load_on_startup and time.monotonic() < deadline:
+            if self.engine.loads and (self.engine.state != "loading" or self.engine.load_seconds > 0):
+                break
+            time.sleep(0.005)
+        return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the server's thread is alive (started, and not yet fully stopped)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop serving; a generation or load still waiting ends at once (``engine.release()``)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.should_exit = True
+        self.engine.release()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_SECONDS + 5)
+
+    def __enter__(self) -> KandinskyEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ---- what the engine and the server saw ----------------------------------------------------------------
+
+    @property
+    def task_seconds(self) -> float:
+        return self.engine.task_seconds
+
+    @task_seconds.setter
+    def task_seconds(self, seconds: float) -> None:
+        self.engine.task_seconds = seconds
+
+    @property
+    def generations(self) -> list[Any]:
+        """The engine's ``FakeGeneration`` records, oldest first."""
+        return list(self.engine.generations)
+
+    def recorded(self, method: str | None = None, path: str | None = None) -> list[Request]:
+        """Recorded requests, optionally only those with this method and path, in order."""
+        with self.lock:
+            return [
+                request
+                for request in self.requests
+                if (method is None or request.method == method) and (path is None or request.path == path)
+            ]
+
+    def clear(self) -> None:
+        """Forget the recorded requests and generations."""
+        with self.lock:
+            self.requests.clear()
+        self.engine.generations.clear()
+
+
+class _Recorder:
+    """ASGI middleware: records each HTTP request (body included) before the app sees it, and its status.
+
+    The body is read whole here and handed to the app as one message; ``/generate`` bodies are a JSON document
+    (with at most one base64 picture), so nothing is streamed that could be worth streaming.
+    """
+
+    def __init__(self, app: Any, emulator: KandinskyEmulator):
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; the app reads that from ``receive`` itself
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        request = _request(scope, body)
+        with self.emulator.lock:
+            self.emulator.requests.append(request)
+
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def watch(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                request.status = message["status"]
+            await send(message)
+
+        await self.app(scope, replay, watch)
+
+
+def _request(scope: dict, body: bytes) -> Request:
+    """A ``sandbox.server.Request`` from an ASGI scope: header names in their usual capitalisation (ASGI
+    lower-cases them), ``Authorization`` redacted in ``headers`` but kept in ``authorization``."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = "-".join(part.capitalize() for part in raw_name.decode("latin-1").split("-"))
+        headers[name] = raw_value.decode("latin-1")
+    authorization = headers.pop("Authorization", "")
+    if authorization:
+        headers["Authorization"] = "<redacted>"
+    request = Request(
+        method=scope["method"],
+        path=scope["path"],
+        query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)),
+        headers=headers,
+        body=body,
+        authorization=authorization,
+        time=time.time(),
+    )
+    if headers.get("Content-Type", "").startswith("application/json") and body:
         try:
-            return route(request)
-        except _Problem as problem:
-            return problem.reply
-
-    def _info(self, request: Request) -> Reply:
-        return Reply.json(
-            {
-                "service": "Kandinsky 2.2",
-                "version": "emulator",
-                "device": self.device,
-                "endpoints": {
-                    "generate": "POST /generate",
-                    "health": "GET /health",
-                    "reload": "POST /reload",
-                    "info": "GET /",
-                },
-            }
-        )
-
-    def _health(self, request: Request) -> Reply:
-        return Reply.json(
-            {
-                "status": "healthy" if self.models_loaded else "unhealthy",
-                "device": self.device,
-                "models_loaded": self.models_loaded,
-                "busy": self.busy,
-            }
-        )
-
-    def _reload(self, request: Request) -> Reply:
-        with self.gpu:
-            self.models_loaded = True
-        return Reply.json({"status": "success", "message": "Models loaded"})
-
-    def _generate(self, request: Request) -> Reply:
-        body, params = _parse_generate(request)
-        if not self.models_loaded:
-            return _detail(503, f"Models are not loaded: {self.unloaded_reason}")
-        source: bytes | None = None
-        width, height = params["width"], params["height"]
-        if params["image"] is not None:
-            source, (width, height) = _decode_source(params["image"])
-        prompt = params["prompt"]
-        directives = parse_directives(prompt)
-        slow = slow_seconds(directives)
-        duration = slow if slow is not None else max(0.0, float(self.task_seconds))
-        with self.gpu:
-            started = time.monotonic()
-            seed = params["seed"] if params["seed"] is not None else random.randint(0, MAX_SEED)
-            generation = KandinskyGeneration(
-                body, seed, width, height, "img2img" if source is not None else "txt2img", started=time.time()
-            )
-            try:
-                if "oom" in directives:
-                    generation.outcome = "oom"
-                    return _detail(500, OOM_DETAIL)
-                png = make_png(f"seed {seed} · {prompt}", width, height, source=source)
-                time.sleep(max(0.0, started + duration - time.monotonic()))
-                if "fail" in directives:
-                    generation.outcome = "fail"
-                    return _detail(500, FAIL_DETAIL)
-                headers = {"X-Seed": str(seed), "X-Image-Size": f"{width}x{height}"}
-                if "malformed" in directives:
-                    generation.outcome = "malformed"
-                    return Reply(200, _MALFORMED_BODY, "image/png", headers)
-                return Reply(200, png, "image/png", headers)
-            finally:
-                generation.finished = time.time()
-                with self.lock:
-                    self.generations.append(generation)
+            request.json = json.loads(body)
+        except ValueError:
+            request.json = None
+    return request

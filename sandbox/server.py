@@ -1,4 +1,4 @@
-"""What the local-server emulators (ComfyUI, AUTOMATIC1111, Kandinsky service) share: a small HTTP server.
+"""What the local-server emulators (ComfyUI, AUTOMATIC1111) share: a small HTTP server.
 
 Each emulator subclasses ``LocalEmulator`` and implements ``handle(request) -> Reply``; this module binds a
 ``ThreadingHTTPServer`` in a background thread, parses bodies (JSON, multipart), records every request

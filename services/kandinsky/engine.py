@@ -1,8 +1,10 @@
-"""The Kandinsky 2.2 models: settings, loading, and one generation at a time.
+"""The Kandinsky 2.2 models: loading, and one generation at a time.
 
 Nothing here knows about HTTP. ``Engine`` is blocking on purpose: ``main.py`` calls it from a worker thread,
 holding the lock that makes sure only one generation (or load) uses the GPU at a time, so the methods here do
-not lock anything themselves.
+not lock anything themselves. What it shares with ``main.py`` (the settings, ``Result``, the errors) lives
+there, so that ``main.py`` imports without torch; ``main.py`` imports this module only when an app starts
+without an engine of its own.
 """
 
 from __future__ import annotations
@@ -23,53 +25,16 @@ import transformers
 from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
 from PIL import Image
 
+if __package__:  # loaded as part of a package (see fake_engine.py)
+    from .main import MAX_SEED, LoadError, ModelsNotLoaded, Result, Settings
+else:
+    from main import MAX_SEED, LoadError, ModelsNotLoaded, Result, Settings
+
 logger = logging.getLogger("kandinsky.engine")
 # Per-component loading bars are noise in a service log; our own log line says how long loading took.
 # (Hub download bars are huggingface_hub's, left alone: a first download of the real weights is long.)
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
-
-DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
-DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
-DEVICES = ("auto", "cuda", "cpu")
-MAX_SEED = 2**32 - 1
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean (use true or false)")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the service reads from the environment, read once when the app is created."""
-
-    prior: str = DEFAULT_PRIOR
-    decoder: str = DEFAULT_DECODER
-    device: str = "auto"
-    api_key: str = ""
-    load_on_startup: bool = True
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """Raise ``ValueError`` on a malformed value, so a typo stops the service at start-up rather than
-        surfacing later as a confusing load failure."""
-        device = os.environ.get("KANDINSKY_DEVICE", "auto").strip().lower() or "auto"
-        if device not in DEVICES:
-            raise ValueError(f"KANDINSKY_DEVICE={device!r} is not one of {', '.join(DEVICES)}")
-        return cls(
-            prior=os.environ.get("KANDINSKY_PRIOR", "").strip() or DEFAULT_PRIOR,
-            decoder=os.environ.get("KANDINSKY_DECODER", "").strip() or DEFAULT_DECODER,
-            device=device,
-            api_key=os.environ.get("KANDINSKY_API_KEY", "").strip(),
-            load_on_startup=_env_bool("KANDINSKY_LOAD_ON_STARTUP", True),
-        )
 
 
 def resolve_device(requested: str) -> str:
@@ -78,14 +43,6 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
-
-
-class LoadError(Exception):
-    """The models could not be loaded; the message is shown in ``/generate``'s 503 and ``/reload``'s 500."""
-
-
-class ModelsNotLoaded(Exception):
-    """A generation was asked for while no models are loaded; the message says why."""
 
 
 @dataclass
@@ -148,16 +105,10 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-@dataclass
-class Result:
-    png: bytes
-    seed: int
-    width: int
-    height: int
-
-
 class Engine:
     """The loaded pipelines and their state: ``idle`` (never loaded), ``loading``, ``ready`` or ``failed``."""
+
+    out_of_memory_error = torch.OutOfMemoryError
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -221,6 +172,11 @@ class Engine:
     def unload(self) -> None:
         with self._state_lock:
             self.pipelines = None
+        self.free_memory()
+
+    def free_memory(self) -> None:
+        """After an out-of-memory error (or an unload) the allocator keeps the blocks it grabbed; hand them
+        back so the next, smaller request can succeed."""
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -3,7 +3,10 @@
 Run with ``uvicorn main:app --port 8002`` from this folder. One process drives one GPU: generations run in a
 worker thread (so /health keeps answering) and one at a time (an asyncio lock), and a reload waits its turn
 behind them. The model code lives in ``engine.py``; this module is the HTTP side: the request schema, auth,
-errors, and the order in which things may use the GPU.
+errors, and the order in which things may use the GPU. It also holds what an engine and this side share (the
+settings, ``Result``, the errors, ``EngineLike``), so that it imports without torch: ``engine.py`` (and with it
+torch and diffusers) is imported only when the app starts without an engine of its own. Genbox's sandbox
+passes ``fake_engine.FakeEngine`` instead, which draws its pictures with Pillow.
 """
 
 from __future__ import annotations
@@ -11,34 +14,133 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import gc
 import hmac
 import io
 import logging
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from engine import MAX_SEED, Engine, LoadError, ModelsNotLoaded, Settings
-
 VERSION = "1.0.0"
+DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
+DEVICES = ("auto", "cuda", "cpu")
+MAX_SEED = 2**32 - 1
 MAX_SOURCE_SIDE = 4096
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 # Reachable without the API key: what a load balancer or the Genbox health check polls.
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/")}
 
-logging.basicConfig(
-    level=os.environ.get("KANDINSKY_LOG_LEVEL", "INFO").upper(),
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-)
+if not __package__:  # run as the service; loaded into another program (Genbox's sandbox), it leaves its logging be
+    logging.basicConfig(
+        level=os.environ.get("KANDINSKY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 logger = logging.getLogger("kandinsky")
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from the environment, read once when the app is created."""
+
+    prior: str = DEFAULT_PRIOR
+    decoder: str = DEFAULT_DECODER
+    device: str = "auto"
+    api_key: str = ""
+    load_on_startup: bool = True
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Raise ``ValueError`` on a malformed value, so a typo stops the service at start-up rather than
+        surfacing later as a confusing load failure."""
+        device = os.environ.get("KANDINSKY_DEVICE", "auto").strip().lower() or "auto"
+        if device not in DEVICES:
+            raise ValueError(f"KANDINSKY_DEVICE={device!r} is not one of {', '.join(DEVICES)}")
+        return cls(
+            prior=os.environ.get("KANDINSKY_PRIOR", "").strip() or DEFAULT_PRIOR,
+            decoder=os.environ.get("KANDINSKY_DECODER", "").strip() or DEFAULT_DECODER,
+            device=device,
+            api_key=os.environ.get("KANDINSKY_API_KEY", "").strip(),
+            load_on_startup=_env_bool("KANDINSKY_LOAD_ON_STARTUP", True),
+        )
+
+
+class LoadError(Exception):
+    """The models could not be loaded; the message is shown in ``/generate``'s 503 and ``/reload``'s 500."""
+
+
+class ModelsNotLoaded(Exception):
+    """A generation was asked for while no models are loaded; the message says why."""
+
+
+@dataclass
+class Result:
+    png: bytes
+    seed: int
+    width: int
+    height: int
+
+
+class EngineLike(Protocol):
+    """What the HTTP side uses of an engine: ``engine.Engine``, or ``fake_engine.FakeEngine`` in Genbox's sandbox.
+
+    ``load``, ``generate`` and ``free_memory`` block; they are called from a worker thread, one at a time (the
+    app's lock), while ``state``, ``loaded`` and ``not_loaded_reason`` may be read from the event loop meanwhile.
+    """
+
+    device: str
+    state: str  # "idle" (never loaded), "loading", "ready" or "failed"
+    # What ``generate`` raises when the device runs out of memory; answered as such, then ``free_memory`` runs.
+    out_of_memory_error: type[BaseException]
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def not_loaded_reason(self) -> str: ...
+
+    def mark_loading(self) -> None:
+        """Report ``loading`` at once, before a background load is scheduled."""
+
+    def load(self) -> None:
+        """(Re)load the models; raise ``LoadError`` and stay ``failed`` when that fails."""
+
+    def generate(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        width: int,
+        height: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        prior_guidance_scale: float,
+        seed: int | None,
+        source: Image.Image | None,
+        strength: float,
+    ) -> Result:
+        """Text to image (exactly ``width``×``height``), or image to image from ``source`` (exactly its size).
+        Raise ``ModelsNotLoaded`` without models."""
+
+    def free_memory(self) -> None:
+        """Give memory left behind by an out-of-memory error back to the device."""
 
 
 class GenerateRequest(BaseModel):
@@ -104,7 +206,7 @@ class Runtime:
     """Per-app state. ``gpu`` is held by whatever uses the models (a generation, a load, a reload), so they
     run strictly one after another; ``busy`` is true while a generation holds it."""
 
-    engine: Engine
+    engine: EngineLike
     gpu: asyncio.Lock = field(default_factory=asyncio.Lock)
     busy: bool = False
     load_task: asyncio.Task | None = None
@@ -125,14 +227,26 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _real_engine(settings: Settings) -> EngineLike:
+    """``engine.Engine``, imported only now (at start-up): an app given another engine never imports torch.
+    Not at import time either, because ``engine.py`` imports this module: whichever of the two is imported
+    first, the other is complete by the time an app starts."""
+    if __package__:  # loaded as part of a package (see fake_engine.py)
+        from .engine import Engine
+    else:
+        from engine import Engine
+    return Engine(settings)
+
+
+def create_app(settings: Settings | None = None, engine: EngineLike | None = None) -> FastAPI:
     """Build the app. Settings are read from the environment here (not at import), so tests can build apps
-    with different settings in one process."""
+    with different settings in one process. ``engine``: the engine to serve, unloaded (the app loads it at
+    start-up as ``settings`` say); by default ``engine.Engine(settings)``, created when the app starts."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        runtime = Runtime(engine=Engine(settings))
+        runtime = Runtime(engine=engine if engine is not None else _real_engine(settings))
         app.state.runtime = runtime
         logger.info(
             "Kandinsky 2.2 service %s on %s; API key %s",
@@ -232,7 +346,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 result = await run_in_threadpool(engine.generate, **params, source=source)
             except ModelsNotLoaded as exc:
                 return _error(503, f"Models are not loaded: {exc}")
-            except torch.OutOfMemoryError as exc:
+            except engine.out_of_memory_error as exc:
                 out_of_memory = str(exc)  # freed below, once the exception's frames (and tensors) are gone
             except Exception as exc:
                 logger.exception("Generation failed")
@@ -241,7 +355,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 runtime.busy = False
             if out_of_memory:
                 logger.error("Out of memory: %s", out_of_memory)
-                await run_in_threadpool(_free_gpu_memory)
+                await run_in_threadpool(engine.free_memory)
                 return _error(500, f"Out of memory: {out_of_memory}")
         return Response(
             content=result.png,
@@ -252,12 +366,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _free_gpu_memory() -> None:
-    """After an out-of-memory error the allocator keeps the blocks it grabbed; hand them back so the next,
-    smaller request can succeed."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-app = create_app()
+if not __package__:  # ``uvicorn main:app``; a program loading this module (Genbox's sandbox) builds its own apps
+    app = create_app()

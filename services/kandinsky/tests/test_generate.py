@@ -53,6 +53,11 @@ def test_cyrillic_prompt_and_negative_prompt(client):
     assert png_size(response) == (64, 64)
 
 
+def test_unknown_fields_are_ignored(client):
+    # Callers may send a superset of the schema (a preset written for another server, say).
+    assert png_size(generate(client, seed=3, scheduler="ddim", batch_size=4)) == (64, 64)
+
+
 def test_without_a_seed_the_service_picks_one_and_reports_it(client):
     seeds = set()
     for _ in range(2):

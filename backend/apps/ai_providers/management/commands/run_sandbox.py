@@ -3,11 +3,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
-import sandbox
-from sandbox.a1111 import A1111Emulator
-from sandbox.comfyui import ComfyUIEmulator
-from sandbox.kandinsky import KandinskyEmulator
-from sandbox.kie import DIRECTIVES, KieEmulator
+from ._sandbox import load_sandbox
 
 
 class Command(BaseCommand):
@@ -18,10 +14,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--kie-port", type=int, default=sandbox.KIE_DEFAULT_PORT)
-        parser.add_argument("--comfyui-port", type=int, default=sandbox.COMFYUI_DEFAULT_PORT)
-        parser.add_argument("--a1111-port", type=int, default=sandbox.A1111_DEFAULT_PORT)
-        parser.add_argument("--kandinsky-port", type=int, default=sandbox.KANDINSKY_DEFAULT_PORT)
+        parser.add_argument("--kie-port", type=int, help="default: 8700")
+        parser.add_argument("--comfyui-port", type=int, help="default: 8701")
+        parser.add_argument("--a1111-port", type=int, help="default: 8702")
+        parser.add_argument("--kandinsky-port", type=int, help="default: 8703")
         parser.add_argument("--task-seconds", type=float, default=4.0, help="How long each generation takes.")
         parser.add_argument("--rate-limit", type=int, default=20, help="New Kie tasks per 10 s (0: no limit).")
         parser.add_argument("--webhook-hmac-key", default=None, help="Sign Kie callbacks with this key.")
@@ -32,6 +28,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        sandbox = load_sandbox()
+        from sandbox.a1111 import A1111Emulator
+        from sandbox.comfyui import ComfyUIEmulator
+        from sandbox.kandinsky import KandinskyEmulator
+        from sandbox.kie import DIRECTIVES, KieEmulator
+
+        for kind, port in sandbox.DEFAULT_PORTS.items():
+            options[f"{kind}_port"] = options[f"{kind}_port"] or port
         host, seconds = options["host"], options["task_seconds"]
         emulators = [
             (
@@ -56,7 +60,7 @@ class Command(BaseCommand):
             (
                 "Kandinsky service",
                 KandinskyEmulator(host=host, port=options["kandinsky_port"], task_seconds=seconds),
-                "no auth",
+                "no auth; the service's own app from services/kandinsky/, on a fake engine",
             ),
         ]
         for label, emulator, auth in emulators:

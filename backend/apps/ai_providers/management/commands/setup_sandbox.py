@@ -1,7 +1,6 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-import sandbox
 from apps.ai_providers.cli import install
 from apps.ai_providers.providers.a1111.presets import A1111_MODELS
 from apps.ai_providers.providers.comfyui.presets import comfyui_template_models
@@ -9,9 +8,7 @@ from apps.ai_providers.providers.kandinsky.presets import KANDINSKY_MODELS
 from apps.ai_providers.providers.kie.services import kie_catalogue_install
 from apps.ai_providers.services import provider_install
 
-
-def _local(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
+from ._sandbox import load_sandbox
 
 
 class Command(BaseCommand):
@@ -21,10 +18,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--kie-url", default=_local(sandbox.KIE_DEFAULT_PORT))
-        parser.add_argument("--comfyui-url", default=_local(sandbox.COMFYUI_DEFAULT_PORT))
-        parser.add_argument("--a1111-url", default=_local(sandbox.A1111_DEFAULT_PORT))
-        parser.add_argument("--kandinsky-url", default=_local(sandbox.KANDINSKY_DEFAULT_PORT))
+        # Defaults are the ports run_sandbox listens on by default, on this machine.
+        parser.add_argument("--kie-url", help="default: http://127.0.0.1:8700")
+        parser.add_argument("--comfyui-url", help="default: http://127.0.0.1:8701")
+        parser.add_argument("--a1111-url", help="default: http://127.0.0.1:8702")
+        parser.add_argument("--kandinsky-url", help="default: http://127.0.0.1:8703")
         parser.add_argument(
             "--upload-inputs",
             action="store_true",
@@ -39,6 +37,9 @@ class Command(BaseCommand):
             raise CommandError(
                 "The sandbox is for development and DEBUG is off. Pass --allow-production to register it anyway."
             )
+        sandbox = load_sandbox()
+        for kind, port in sandbox.DEFAULT_PORTS.items():
+            options[f"{kind}_url"] = options[f"{kind}_url"] or f"http://127.0.0.1:{port}"
         install(
             self,
             kie_catalogue_install,

@@ -1,7 +1,7 @@
 """img2img through every local provider end to end: the API, a real Celery worker (GPU queue included),
-PostgreSQL, S3 over HTTP and each server's emulator over HTTP.
+PostgreSQL, S3 over HTTP and each server's sandbox over HTTP.
 
-The rules checked (seeds/img2img-audit.md): the output keeps the source's size and a different requested
+The rules checked (docs/providers.md, "img2img"): the output keeps the source's size and a different requested
 size is noted, not applied; the seed is chosen, sent and stored; sending the stored options back
 reproduces the request exactly; a missing denoise is 0.65; the source is validated before anything is sent.
 """
@@ -21,6 +21,7 @@ from apps.ai_providers.providers.kandinsky.presets import KANDINSKY_MODELS
 from apps.ai_providers.services import provider_install
 from apps.ai_providers.templating import template_variables
 from apps.assets.models import Asset
+from apps.generations.start import DENOISE_PARAMETERS
 from sandbox.a1111 import A1111Emulator
 from sandbox.comfyui import ComfyUIEmulator
 from sandbox.kandinsky import KandinskyEmulator
@@ -30,12 +31,13 @@ from tests.support.helpers import wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SOURCE_SIZE = (300, 200)
-# provider kind → (emulator, presets, img2img model, name of its denoise option)
+# provider kind → (sandbox server, presets, img2img model, its denoise option, whether its request carries a
+# seed: the weights-free workflow has no sampler, so neither a denoise nor a seed to send)
 LOCAL = {
-    "comfyui": (ComfyUIEmulator, comfyui_template_models, "Flux img2img", "denoise"),
-    "comfyui-no-weights": (ComfyUIEmulator, comfyui_template_models, "Image scale (no weights)", None),
-    "a1111": (A1111Emulator, lambda: A1111_MODELS, "Stable Diffusion img2img", "denoising_strength"),
-    "kandinsky": (KandinskyEmulator, lambda: KANDINSKY_MODELS, "Kandinsky 2.2 img2img", "strength"),
+    "comfyui": (ComfyUIEmulator, comfyui_template_models, "Flux img2img", "denoise", True),
+    "comfyui-no-weights": (ComfyUIEmulator, comfyui_template_models, "Image scale (no weights)", None, False),
+    "a1111": (A1111Emulator, lambda: A1111_MODELS, "Stable Diffusion img2img", "denoising_strength", True),
+    "kandinsky": (KandinskyEmulator, lambda: KANDINSKY_MODELS, "Kandinsky 2.2 img2img", "strength", True),
 }
 
 
@@ -50,7 +52,7 @@ def emulators():
 
 
 def install(kind: str, base_url: str) -> AIModel:
-    _, presets, model_name, _ = LOCAL[kind]
+    _, presets, model_name, *_ = LOCAL[kind]
     provider, _ = provider_install(
         name=f"{kind} e2e", kind=kind.split("-")[0], base_url=base_url, models=presets(), is_sandbox=True
     )
@@ -97,19 +99,26 @@ def test_img2img_keeps_the_source_size_and_its_seed_reproduces_the_request(
     assert (first.width, first.height) == SOURCE_SIZE
     assert stored_image(bucket, first).size == SOURCE_SIZE
     assert isinstance(first.generation_config["seed"], int)
-    if "seed" in template_variables(model.request_schema)[0]:  # the weights-free workflow has no sampler
-        assert str(first.generation_config["seed"]) in str(first.request_payload)
+    *_, denoise, sends_seed = LOCAL[kind]
+    assert ("seed" in template_variables(model.request_schema)[0]) == sends_seed
+    assert (str(first.generation_config["seed"]) in str(first.request_payload)) == sends_seed
     assert again.request_payload == first.request_payload
     assert again.generation_config == first.generation_config
-    denoise = LOCAL[kind][3]
-    if denoise:
-        assert first.generation_config[denoise] == 0.65
+    applied_denoise = {
+        key: first.generation_config[key] for key in DENOISE_PARAMETERS if key in first.generation_config
+    }
+    assert applied_denoise == ({denoise: 0.65} if denoise else {})
     assert first.parent_asset_id == parent["id"]
 
 
-@pytest.mark.parametrize("kind", ["a1111", "kandinsky", "comfyui"])  # ComfyUI's has no size options: still ignored
-def test_a_requested_size_is_ignored_for_img2img_and_noted(kind, api, box, emulators, celery_worker, bucket):
+@pytest.mark.parametrize(
+    ("kind", "has_size_options"), [("a1111", True), ("kandinsky", True), ("comfyui", False)]
+)  # ComfyUI's img2img template has no size options: a requested size is still ignored and noted
+def test_a_requested_size_is_ignored_for_img2img_and_noted(
+    kind, has_size_options, api, box, emulators, celery_worker, bucket
+):
     model = install(kind, emulators[kind].base_url)
+    assert ("width" in model.parameters_schema) == has_size_options
     parent = upload(api, box, samples.png_bytes(*SOURCE_SIZE))
     config = {"width": 1024, "height": 768}
 
@@ -117,10 +126,8 @@ def test_a_requested_size_is_ignored_for_img2img_and_noted(kind, api, box, emula
 
     assert asset.status == Asset.Status.COMPLETED, asset.error_message
     assert (asset.width, asset.height) == SOURCE_SIZE
-    if "width" in model.parameters_schema:
-        assert (asset.generation_config["width"], asset.generation_config["height"]) == SOURCE_SIZE
-    else:
-        assert "width" not in asset.generation_config
+    sizes = {key: asset.generation_config[key] for key in ("width", "height") if key in asset.generation_config}
+    assert sizes == ({"width": SOURCE_SIZE[0], "height": SOURCE_SIZE[1]} if has_size_options else {})
     assert asset.metadata["ignored_options"] == {
         "width": 1024,
         "height": 768,

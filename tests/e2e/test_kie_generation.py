@@ -244,8 +244,8 @@ def test_callbacks_with_bad_signatures_or_another_task_change_nothing(api, box, 
     time.sleep(0.5)  # a callback that counted would have triggered a poll by now
     after = Asset.objects.get(pk=asset_id)
     assert (after.status, after.stage) == ("PROCESSING", "POLLING")
-    # An accepted callback sets next_poll_at to its own time, earlier than any scheduled poll.
-    assert after.next_poll_at >= asset.next_poll_at
+    # An accepted callback sets due_at to its own time, earlier than any scheduled poll.
+    assert after.due_at >= asset.due_at
     if time.time() - asset.submitted_at.timestamp() < 1.9:  # before the first scheduled poll: none at all
         polls = [r for r in kie_emulator.requests if r.kind == "poll" and r.task_id == asset.external_task_id]
         assert [r for r in polls if r.time >= sent_at] == []

@@ -236,7 +236,7 @@ def test_a_comfyui_run_longer_than_the_first_poll_is_followed_to_the_end(api, bo
         emulators["comfyui"].task_seconds = 0.3
 
     assert asset.status == Asset.Status.COMPLETED, asset.error_message
-    assert asset.poll_count >= 2 and (asset.width, asset.height) == SOURCE_SIZE
+    assert asset.polls_sent >= 2 and (asset.width, asset.height) == SOURCE_SIZE
 
 
 def test_a1111_progress_is_copied_onto_the_asset_while_it_generates(api, box, emulators, celery_worker, bucket):

@@ -60,14 +60,24 @@ class ProviderError(Exception):
     ``ambiguous``: the request may have reached the provider and been acted on (a timeout after sending);
     a submission that fails this way must not be repeated, or the user may pay twice.
     ``retry_after``: seconds the provider asked us to wait, if it said.
+    ``unreachable``: no connection could be made at all (refused, no route): nothing was sent.
     """
 
-    def __init__(self, message: str, *, retryable: bool, ambiguous: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+        unreachable: bool = False,
+    ):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.ambiguous = ambiguous
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)

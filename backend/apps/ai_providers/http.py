@@ -66,7 +66,11 @@ def send(label: str, method: str, url: str, **kwargs) -> httpx.Response:
     host = _host(url)
     try:
         return client().request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise ProviderError(
+            f"{label}: cannot connect to {host} ({exc.__class__.__name__})", retryable=True, unreachable=True
+        ) from exc
+    except httpx.PoolTimeout as exc:  # our own connection pool was busy: nothing says the server is down
         raise ProviderError(f"{label}: cannot connect to {host} ({exc.__class__.__name__})", retryable=True) from exc
     except httpx.TimeoutException as exc:
         raise ProviderError(

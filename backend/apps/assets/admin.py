@@ -30,7 +30,18 @@ class AssetAdmin(admin.ModelAdmin):
     list_select_related = ["box", "ai_model__provider"]
     raw_id_fields = ["box", "parent_asset", "ai_model"]
     date_hierarchy = "created_at"
-    _pipeline = ["stage", "progress", "next_poll_at", "deadline_at", "submit_attempts", "poll_count", "poll_errors"]
+    _pipeline = [
+        "stage",
+        "progress",
+        "due_at",
+        "lease_until",
+        "deadline_at",
+        "submit_attempts",
+        "polls_sent",
+        "poll_failures_in_a_row",
+        "store_failures",
+        "last_error",
+    ]
     _timeline = ["created_at", "started_at", "submitted_at", "provider_finished_at", "finished_at", "updated_at"]
     _file = ["file", "mime_type", "file_size", "width", "height", "sha256"]
     # The pipeline owns these; editing them by hand would break its invariants.

@@ -60,16 +60,24 @@ class Asset(models.Model):
     error_message = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
 
-    # Generation pipeline state: the database, not the broker, is the source of truth.
+    # Generation lifecycle state (apps/generations/lifecycle.py): the database, not the broker, is the source of truth.
     stage = models.CharField(max_length=12, choices=Stage.choices, default=Stage.DONE)
     progress = models.FloatField(null=True, blank=True, help_text="0–1, when the provider reports it.")
-    next_poll_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the pipeline next looks at this asset (submit, poll or lease expiry)."
+    due_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the next step (a submission or a poll) is due; empty when none is."
     )
+    lease_token = models.CharField(
+        max_length=32, blank=True, help_text="Which worker holds the asset (submitting, polling or storing)."
+    )
+    lease_until = models.DateTimeField(null=True, blank=True, help_text="Until when; after that it is free again.")
     deadline_at = models.DateTimeField(null=True, blank=True, help_text="Fails with a timeout after this.")
-    submit_attempts = models.PositiveIntegerField(default=0)
-    poll_count = models.PositiveIntegerField(default=0)
-    poll_errors = models.PositiveIntegerField(default=0, help_text="Consecutive failed polls.")
+    submit_attempts = models.PositiveIntegerField(default=0, help_text="Submissions started (retries included).")
+    polls_sent = models.PositiveIntegerField(default=0, help_text="Status queries sent to the provider.")
+    poll_failures_in_a_row = models.PositiveIntegerField(
+        default=0, help_text="Status queries failed since the last good one."
+    )
+    store_failures = models.PositiveIntegerField(default=0, help_text="Failed attempts to save the result to storage.")
+    last_error = models.TextField(blank=True, help_text="Why the last attempt failed while the generation goes on.")
     callback_token = models.CharField(max_length=64, unique=True, null=True, blank=True)
     awaits_callback = models.BooleanField(
         default=False, help_text="The provider will call back; polls are a sparse safety net sent by the sweeper."
@@ -92,7 +100,7 @@ class Asset(models.Model):
             models.Index(fields=["box", "asset_type", "-created_at"], name="asset_box_type_created_idx"),
             # The sweeper: unfinished generations whose next step is due.
             models.Index(
-                fields=["stage", "next_poll_at"],
+                fields=["stage", "due_at"],
                 name="asset_stage_due_idx",
                 condition=~models.Q(stage="DONE"),
             ),

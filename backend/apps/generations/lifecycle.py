@@ -1,38 +1,47 @@
 """The generation lifecycle: every rule between a queued generation and a stored file (or a reason why not).
 
-An asset moves through ``Asset.stage``::
+An asset moves through ``Asset.stage``, and each stage implies the status clients see (``MOVES``, ``STATUS_OF``)::
 
     QUEUED ─submit─▶ SUBMITTING ─▶ POLLING ─poll / callback─▶ STORING ─▶ DONE (COMPLETED)
-      ▲ rate limited: back to QUEUED, later        any failure ─────────▶ DONE (FAILED + error_message)
+    (PENDING)  ▲     (PROCESSING)   │ synchronous providers ──▶ ▲          any failure ─▶ DONE (FAILED + error_message)
+               └─ refused, worth waiting out (429, 5xx, no connection): QUEUED again, later
 
 The rules:
 
-1. The database is the source of truth. Every move is a conditional UPDATE from the expected stage and a
-   worker acts only when it changed the row, so duplicate or late task deliveries do nothing: nothing is
-   submitted twice, stored twice, or changed once DONE.
-2. Submission is at most once. A worker that dies between sending and saving the task id leaves the
-   asset in SUBMITTING; the sweeper fails it after ``GENBOX_SUBMIT_LEASE_SECONDS`` saying so, rather than
-   submit again (providers charge per submission). An answer that may have created a task (a timeout
-   after sending, an unreadable 2xx) is treated the same way. Definite refusals worth waiting out (429,
-   maintenance, 5xx, no connection) go back to QUEUED and are retried with backoff until the deadline.
-3. No worker waits for a provider. After each poll the next one is scheduled with a countdown and the
-   due time is kept in ``next_poll_at``; intervals start at 2 s and grow with the task's age.
-   ``deadline_at`` (the model's timeout) ends it.
-4. A callback (``/api/callbacks/<token>/``) makes the asset due at once: the poll that follows reads the
+1. The database is the source of truth, and ``move`` is the only way the lifecycle writes an asset. It moves
+   from the stage the caller expects, only while the caller still holds the asset (its lease, ``lease_token``),
+   sets the status the new stage implies and says whether it won; a worker acts only when it won. Duplicate or
+   late task deliveries therefore do nothing: nothing is submitted twice, stored twice, or changed once DONE,
+   and a write can never overwrite a newer event (a callback revokes the lease of a poll in flight).
+2. ``due_at`` is when the next step (a submission or a poll) is due; ``lease_until`` is how long the worker
+   holding the asset may take. A lease that runs out frees the asset for the sweeper.
+3. Submission is at most once. A worker that dies between sending and saving the task id leaves the asset
+   in SUBMITTING; the sweeper fails it when its lease runs out (``GENBOX_SUBMIT_LEASE_SECONDS``) saying so,
+   rather than submit again (providers charge per submission). An answer that may have created a task (a
+   timeout after sending, an unreadable 2xx) is treated the same way. Definite refusals worth waiting out (429,
+   maintenance, 5xx, no connection) go back to QUEUED and are retried with backoff until the deadline, the
+   last error and the attempts kept on the asset; a server that refuses connections for
+   ``GENBOX_UNREACHABLE_SECONDS`` is given up sooner.
+4. No worker waits for a provider. After each poll the next one is scheduled with a countdown and its due
+   time kept in ``due_at``; intervals start at 2 s and grow with the task's age. ``deadline_at`` (the model's
+   timeout) ends it.
+5. A callback (``/api/callbacks/<token>/``) makes the asset due at once: the poll that follows reads the
    authoritative result, so a forged or partial callback body can never complete an asset. While a
    callback is expected (``awaits_callback``) only the first poll (at 2 s) is scheduled: after it the sweeper
-   sends a sparse safety-net poll whenever ``next_poll_at`` passes (``GENBOX_SAFETY_POLL_SECONDS``, growing
-   with the task's age to 5 min), in case the callback is lost.
-5. Results are streamed to a temporary file, identified by their bytes (``inspect_media``), then streamed
-   to storage; size, type, dimensions and SHA-256 are recorded.
-6. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
-   (killed worker, flushed broker), sends the safety-net polls of rule 4, fails what is past its deadline or
-   lease, and retries stale stores.
-7. Synchronous providers (A1111, the Kandinsky service: ``Adapter.synchronous``) answer the request with
-   the picture, so rule 3 cannot hold for them: their submissions go to the GPU queue
+   sends a sparse safety-net poll whenever ``due_at`` passes (``GENBOX_SAFETY_POLL_SECONDS``, growing with the
+   task's age to 5 min), in case the callback is lost.
+6. Results are streamed to a temporary file, identified by their bytes (``inspect_media``), then streamed to
+   storage; size, type, dimensions and SHA-256 are recorded. A failing storage is not the provider's fault:
+   saving is retried with its own backoff (``store_failures``) until the deadline, and never counts toward
+   ``GENBOX_POLL_ERROR_LIMIT``; what users read of it names neither the storage endpoint nor the object key.
+7. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
+   (killed worker, flushed broker), sends the safety-net polls of rule 5, fails what is past its deadline,
+   fails submissions whose lease ran out (rule 3) and takes back stores whose lease ran out.
+8. Synchronous providers (A1111, the Kandinsky service: ``Adapter.synchronous``) answer the request with
+   the picture, so rule 4 cannot hold for them: their submissions go to the GPU queue
    (``GENBOX_GPU_QUEUE``), served with one slot per GPU, and the worker waits up to the model's timeout
    (the submission lease and the task's time limits stretched to match), reading progress meanwhile.
-8. What may be queued at all is decided before anything is queued, in ``start.py``: the options against the
+9. What may be queued at all is decided before anything is queued, in ``start.py``: the options against the
    model's ``parameters_schema``, variants (each with its own stored seed), and the img2img rules (the
    source is a PNG, JPEG or WEBP of at most 4096×4096; the output keeps its size unless the model
    ``resizes_source``; a missing denoise is 0.65), so the stored options reproduce the request exactly.
@@ -43,15 +52,17 @@ import hashlib
 import logging
 import random
 import re
+import secrets
 import tempfile
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
-from django.db.models import F, Value
+from django.db.models import F, Q, Value
+from django.db.models.expressions import Combinable
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -59,10 +70,7 @@ from apps.ai_providers.contract import Failed, ProviderError, Running, Source, S
 from apps.ai_providers.http import Download, download
 from apps.ai_providers.models import AIModel
 from apps.ai_providers.registry import adapter_class, get_adapter
-from apps.ai_providers.templating import (
-    TemplateError,
-    render_request,
-)
+from apps.ai_providers.templating import TemplateError, render_request
 from apps.assets.media import MediaRejected, inspect_media
 from apps.assets.models import Asset
 from apps.assets.storage import file_url
@@ -74,15 +82,104 @@ Status = Asset.Status
 
 # A delivery this early is a stale duplicate of one already scheduled.
 _DUE_SLACK = timedelta(seconds=1)
-# While a poll request is out, the asset is not due (longer than the HTTP timeouts).
+# How long one poll may hold the asset (longer than the HTTP timeouts).
 _POLL_LEASE = timedelta(seconds=120)
 FIRST_POLL_SECONDS = 2.0
 POLL_INTERVAL_MIN = 2.0
 POLL_INTERVAL_MAX = 10.0
 CALLBACK_POLL_INTERVAL_MAX = 300.0
 SUBMIT_BACKOFF_MAX = 60.0
+STORE_BACKOFF_MAX = 120.0
 # How often a synchronous generation's progress is read from the provider.
 SYNC_PROGRESS_SECONDS = 2.0
+
+
+# --- The machine -------------------------------------------------------------------------------------
+
+# Every stage and the stages it may move to. A move to the same stage renews or hands over the lease.
+MOVES: dict[str, frozenset[str]] = {
+    Stage.QUEUED: frozenset({Stage.QUEUED, Stage.SUBMITTING, Stage.DONE}),
+    Stage.SUBMITTING: frozenset({Stage.SUBMITTING, Stage.QUEUED, Stage.POLLING, Stage.STORING, Stage.DONE}),
+    Stage.POLLING: frozenset({Stage.POLLING, Stage.STORING, Stage.DONE}),
+    Stage.STORING: frozenset({Stage.POLLING, Stage.DONE}),
+    Stage.DONE: frozenset(),
+}
+# The status each stage shows; DONE shows the outcome, COMPLETED or FAILED.
+STATUS_OF: dict[str, str] = {
+    Stage.QUEUED: Status.PENDING,
+    Stage.SUBMITTING: Status.PROCESSING,
+    Stage.POLLING: Status.PROCESSING,
+    Stage.STORING: Status.PROCESSING,
+}
+
+
+class Holder:
+    """Whom a move requires to hold the asset, besides a lease token: nobody (``FREE``: no lease, or one that
+    ran out), anybody (``ANY``: a callback revoking a poll in flight), or only an expired lease (``EXPIRED``:
+    the sweeper taking back what a dead worker held)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Holder.{self.name}"
+
+
+FREE, ANY, EXPIRED = Holder("FREE"), Holder("ANY"), Holder("EXPIRED")
+
+
+def new_lease() -> str:
+    return secrets.token_hex(16)
+
+
+def move(
+    asset: Asset,
+    source: str,
+    target: str,
+    *,
+    held_by: str | Holder,
+    due_by: datetime | None = None,
+    outcome: str | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``asset`` from stage ``source`` to ``target`` in one conditional UPDATE; True if this call did it.
+
+    The row changes only if it is still in ``source``, held as ``held_by`` says (a lease token, or a
+    ``Holder``) and, with ``due_by``, due by then. ``status`` follows from ``target`` (``outcome`` for DONE).
+    The lease is released unless ``fields`` set a new one. On success ``asset`` is updated in memory too, so
+    callers never act on values the database no longer has. Raises ``ValueError`` for a move the machine
+    does not allow (a programming error, never a race).
+    """
+    if target not in MOVES[source]:
+        raise ValueError(f"the lifecycle cannot move an asset from {source} to {target}")
+    if target == Stage.DONE:
+        if outcome not in (Status.COMPLETED, Status.FAILED):
+            raise ValueError("a move to DONE needs an outcome, COMPLETED or FAILED")
+        status = outcome
+    else:
+        status = STATUS_OF[target]
+    now = timezone.now()
+    query = Asset.objects.filter(pk=asset.pk, stage=source)
+    if held_by is FREE:
+        query = query.filter(Q(lease_token="") | Q(lease_until__lt=now))
+    elif held_by is EXPIRED:
+        query = query.filter(lease_until__lt=now)
+    elif held_by is not ANY:
+        query = query.filter(lease_token=held_by)
+    if due_by is not None:
+        query = query.filter(due_at__lte=due_by)
+    values = {"lease_token": "", "lease_until": None, **fields, "stage": target, "status": status}
+    if target == Stage.DONE:
+        values.setdefault("due_at", None)
+    if query.update(**values) != 1:
+        return False
+    computed = [name for name, value in values.items() if isinstance(value, Combinable)]
+    for name, value in values.items():
+        if name not in computed:
+            setattr(asset, name, value)
+    if computed:
+        asset.refresh_from_db(fields=computed)
+    return True
 
 
 def _enqueue_submit(asset_id: int, model: AIModel | None, countdown: float | None = None) -> None:
@@ -115,59 +212,71 @@ def submit_queue(model: AIModel) -> str | None:
 
 
 def submit(asset_id: int) -> None:
-    """Render and send the request for a QUEUED asset; see rules 1–2."""
-    now = timezone.now()
-    claimed = Asset.objects.filter(pk=asset_id, stage=Stage.QUEUED, next_poll_at__lte=now + _DUE_SLACK).update(
-        status=Status.PROCESSING,
-        stage=Stage.SUBMITTING,
-        started_at=Coalesce("started_at", Value(now)),  # the first attempt's time, kept across rate-limit retries
-        next_poll_at=now + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS),
-        submit_attempts=F("submit_attempts") + 1,
-    )
-    if not claimed:
+    """Render and send the request for a QUEUED asset that is due; see rules 1 and 3."""
+    asset = Asset.objects.select_related("ai_model__provider", "parent_asset").filter(pk=asset_id).first()
+    if asset is None:
         return
-    asset = Asset.objects.select_related("ai_model__provider", "parent_asset").get(pk=asset_id)
+    now = timezone.now()
+    lease = new_lease()
+    if not move(
+        asset,
+        Stage.QUEUED,
+        Stage.SUBMITTING,
+        held_by=FREE,
+        due_by=now + _DUE_SLACK,
+        lease_token=lease,
+        lease_until=now + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS),
+        due_at=None,
+        started_at=Coalesce("started_at", Value(now)),  # the first attempt's time, kept across retries
+        submit_attempts=F("submit_attempts") + 1,
+    ):
+        return
     model = asset.ai_model
     if model is None or not model.is_active or not model.provider.is_active:
-        _fail(asset, "The AI model was removed or deactivated before the generation started.", Stage.SUBMITTING)
+        _fail(asset, "The AI model was removed or deactivated before the generation started.", held_by=lease)
         return
     try:
         adapter = get_adapter(model.provider)
         callback_url = None if adapter.synchronous else _callback_url(asset)
         body = render_request(model.request_schema, _context(asset, callback_url, adapter))
     except (LookupError, TemplateError, NotImplementedError, SourceUnreachable) as exc:
-        _fail(asset, f"The request for {model.name} could not be built: {exc}", Stage.SUBMITTING)
+        _fail(asset, f"The request for {model.name} could not be built: {exc}", held_by=lease)
         return
     except ProviderError as error:  # uploading the source image to the provider failed; nothing was submitted
-        _submit_failed(asset, ProviderError(error.message, retryable=error.retryable, retry_after=error.retry_after))
+        _submit_failed(
+            asset, lease, ProviderError(error.message, retryable=error.retryable, retry_after=error.retry_after)
+        )
         return
-    except Exception as exc:  # reading the source from storage failed (S3 down, file gone); nothing was sent
+    except Exception:  # reading the source from storage failed (S3 down, file gone); nothing was sent
         logger.exception("asset %s: preparing the request failed", asset.pk)
-        _submit_failed(asset, ProviderError(f"The source image could not be read: {exc!r}", retryable=True))
+        _submit_failed(asset, lease, ProviderError("The source image could not be read from storage", retryable=True))
         return
 
     logger.info("asset %s: submitting to %s (attempt %s)", asset.pk, model.provider.name, asset.submit_attempts)
     if adapter.synchronous:
-        _run(asset, model, adapter, body)
+        _run(asset, lease, model, adapter, body)
         return
     try:
         submitted = adapter.submit(model, body, callback_url=callback_url)
     except ProviderError as error:
-        _submit_failed(asset, error)
+        _submit_failed(asset, lease, error)
         return
 
     now = timezone.now()
-    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
-        stage=Stage.POLLING,
+    if not move(
+        asset,
+        Stage.SUBMITTING,
+        Stage.POLLING,
+        held_by=lease,
         external_task_id=submitted.task_id,
         submitted_at=now,
         request_payload=redact(body, adapter.secrets() + [asset.callback_token]),
         awaits_callback=submitted.callback_expected,
-        next_poll_at=now + timedelta(seconds=FIRST_POLL_SECONDS),
+        due_at=now + timedelta(seconds=FIRST_POLL_SECONDS),
         deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
-        poll_errors=0,
-    )
-    if not moved:
+        poll_failures_in_a_row=0,
+        last_error="",
+    ):
         logger.error(
             "asset %s: provider task %s accepted after the submission was given up", asset.pk, submitted.task_id
         )
@@ -178,55 +287,55 @@ def submit(asset_id: int) -> None:
     _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
 
 
-def _run(asset: Asset, model: AIModel, adapter, body: dict) -> None:
+def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
     """A synchronous provider: the request is the whole generation, so this worker (on the GPU queue) waits.
 
-    The submission lease is stretched to the model's timeout first, so the sweeper does not take a long
-    generation for a dead worker; progress is read from the provider meanwhile.
+    The lease is stretched to the model's timeout first, so the sweeper does not take a long generation for
+    a dead worker; progress is read from the provider meanwhile.
     """
     timeout = model.effective_timeout_seconds
     started = timezone.now()
-    if not Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
-        next_poll_at=started + timedelta(seconds=timeout + 60),
+    if not move(
+        asset,
+        Stage.SUBMITTING,
+        Stage.SUBMITTING,
+        held_by=lease,
+        lease_token=lease,
+        lease_until=started + timedelta(seconds=timeout + 60),
         deadline_at=started + timedelta(seconds=timeout),  # the time in the GPU queue does not count
     ):
         return
     try:
-        with _progress_reader(asset.pk, adapter):
+        with _progress_reader(asset.pk, lease, adapter):
             result = adapter.run(model, body, timeout=timeout)
     except ProviderError as error:
-        _submit_failed(asset, error)
+        _submit_failed(asset, lease, error)
         return
     except SoftTimeLimitExceeded:
         _fail(
             asset,
             f"{model.provider.name} did not answer within {_duration(timeout)}; Genbox stopped waiting (the server "
             "may still be generating).",
-            Stage.SUBMITTING,
+            held_by=lease,
         )
         return
     except Exception as exc:  # an answer the adapter could not read; the request was sent
         logger.exception("asset %s: %s answered something unreadable", asset.pk, model.provider.name)
-        _fail(asset, f"{model.provider.name}: the answer could not be read ({exc!r})", Stage.SUBMITTING)
+        _fail(asset, f"{model.provider.name}: the answer could not be read ({exc!r})", held_by=lease)
         return
-    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
-        stage=Stage.POLLING,
-        submitted_at=started,
-        request_payload=redact(body, adapter.secrets()),
-        next_poll_at=timezone.now() + timedelta(seconds=timeout),
-    )
-    if not moved:
-        logger.error("asset %s: %s answered after the generation was given up", asset.pk, model.provider.name)
-        return
+    recorded = {"submitted_at": started, "request_payload": redact(body, adapter.secrets())}
     if isinstance(result, Failed):
-        _fail(asset, result.message, Stage.POLLING)
+        _fail(asset, result.message, held_by=lease, **recorded)
     else:
-        _store(asset, result)
+        _store(asset, result, held_by=lease, **recorded)
 
 
 @contextlib.contextmanager
-def _progress_reader(asset_id: int, adapter):
-    """While a synchronous generation runs, copy the provider's progress onto the asset every few seconds."""
+def _progress_reader(asset_id: int, lease: str, adapter):
+    """While a synchronous generation runs, copy the provider's progress onto the asset every few seconds.
+
+    Progress is not a move: the stage stays, so this one write filters on the holder's lease itself.
+    """
     from django.db import connection
 
     done = threading.Event()
@@ -239,7 +348,9 @@ def _progress_reader(asset_id: int, adapter):
                 except Exception:  # progress is a nicety; the generation's own answer decides
                     continue
                 if progress is not None:
-                    Asset.objects.filter(pk=asset_id, stage=Stage.SUBMITTING).update(progress=progress)
+                    Asset.objects.filter(pk=asset_id, stage=Stage.SUBMITTING, lease_token=lease).update(
+                        progress=progress
+                    )
         finally:
             connection.close()  # this thread's own connection
 
@@ -252,17 +363,21 @@ def _progress_reader(asset_id: int, adapter):
         reader.join(timeout=5)
 
 
-def _submit_failed(asset: Asset, error: ProviderError) -> None:
+def _submit_failed(asset: Asset, lease: str, error: ProviderError) -> None:
+    """A submission that did not go through: queue it again later when that can help (rule 3), else fail."""
     now = timezone.now()
-    if error.retryable and not error.ambiguous and now < asset.deadline_at:
+    unreachable_for = (now - asset.started_at).total_seconds() if asset.started_at else 0.0
+    given_up = error.unreachable and unreachable_for >= settings.GENBOX_UNREACHABLE_SECONDS
+    if error.retryable and not error.ambiguous and not given_up and now < asset.deadline_at:
         delay = _backoff(asset.submit_attempts, error.retry_after, cap=SUBMIT_BACKOFF_MAX)
-        moved = Asset.objects.filter(pk=asset.pk, stage=Stage.SUBMITTING).update(
-            status=Status.PENDING,
-            stage=Stage.QUEUED,
-            next_poll_at=now + timedelta(seconds=delay),
-            metadata={**asset.metadata, "last_submit_error": error.message},
-        )
-        if moved:
+        if move(
+            asset,
+            Stage.SUBMITTING,
+            Stage.QUEUED,
+            held_by=lease,
+            due_at=now + timedelta(seconds=delay),
+            last_error=error.message[:4000],
+        ):
             logger.warning("asset %s: %s; submitting again in %.1f s", asset.pk, error.message, delay)
             _enqueue_submit(asset.pk, asset.ai_model, countdown=delay)
         return
@@ -274,71 +389,89 @@ def _submit_failed(asset: Asset, error: ProviderError) -> None:
             ". The provider may have accepted the task, so Genbox did not send it again (that could charge twice);"
             " generate again if no result appears."
         )
+    elif given_up:
+        message += (
+            f" (no connection for {_duration(unreachable_for)}, {asset.submit_attempts} attempts; "
+            "GENBOX_UNREACHABLE_SECONDS sets how long Genbox keeps trying)"
+        )
     elif error.retryable:
         message += f" (still failing after {asset.submit_attempts} attempts)"
-    _fail(asset, message, Stage.SUBMITTING)
+    _fail(asset, message, held_by=lease)
 
 
 # --- Following the provider's task -------------------------------------------------------------------
 
 
 def poll(asset_id: int) -> None:
-    """Ask the provider about a POLLING asset that is due; see rules 1, 3 and 5."""
-    now = timezone.now()
+    """Ask the provider about a POLLING asset that is due; see rules 1, 4 and 6."""
     asset = Asset.objects.select_related("ai_model__provider").filter(pk=asset_id, stage=Stage.POLLING).first()
-    if asset is None or (asset.next_poll_at and asset.next_poll_at > now + _DUE_SLACK):
+    if asset is None:
         return
+    now = timezone.now()
     if asset.deadline_at and now >= asset.deadline_at:
         _fail_timeout(asset)
         return
-    claimed = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING, next_poll_at=asset.next_poll_at).update(
-        next_poll_at=now + _POLL_LEASE, poll_count=F("poll_count") + 1
-    )
-    if not claimed:
+    lease = new_lease()
+    if not move(
+        asset,
+        Stage.POLLING,
+        Stage.POLLING,
+        held_by=FREE,
+        due_by=now + _DUE_SLACK,
+        lease_token=lease,
+        lease_until=now + _POLL_LEASE,
+        polls_sent=F("polls_sent") + 1,
+    ):
         return
     model = asset.ai_model
     if model is None:
-        _fail(asset, "The AI model was deleted while the generation was running.", Stage.POLLING)
+        _fail(asset, "The AI model was deleted while the generation was running.", held_by=lease)
         return
     try:
         result = get_adapter(model.provider).poll(model, asset.external_task_id)
     except ProviderError as error:
-        _poll_failed(asset, error)
+        _poll_failed(asset, lease, error)
         return
     except Exception as exc:  # an answer the adapter did not expect: counted like an unreadable one
         logger.exception("asset %s: the status query failed unexpectedly", asset.pk)
-        _poll_failed(asset, ProviderError(f"{model.provider.name}: unexpected answer ({exc!r})", retryable=True))
+        _poll_failed(asset, lease, ProviderError(f"{model.provider.name}: unexpected answer ({exc!r})", retryable=True))
         return
 
     if isinstance(result, Running):
         delay = _poll_delay(asset, now)
-        Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
+        moved = move(
+            asset,
+            Stage.POLLING,
+            Stage.POLLING,
+            held_by=lease,
             progress=result.progress if result.progress is not None else asset.progress,
-            poll_errors=0,
-            next_poll_at=now + timedelta(seconds=delay),
+            poll_failures_in_a_row=0,
+            due_at=now + timedelta(seconds=delay),
         )
-        if not asset.awaits_callback:  # otherwise the sweeper sends the next one when it is due
+        if moved and not asset.awaits_callback:  # otherwise the sweeper sends the next one when it is due
             _schedule_poll(asset.pk, delay)
     elif isinstance(result, Failed):
-        _fail(asset, result.message, Stage.POLLING)
+        _fail(asset, result.message, held_by=lease)
     elif isinstance(result, Succeeded):
-        _store(asset, result)
+        _store(asset, result, held_by=lease)
 
 
-def _poll_failed(asset: Asset, error: ProviderError) -> None:
-    errors = asset.poll_errors + 1
-    if not error.retryable or errors >= settings.GENBOX_POLL_ERROR_LIMIT:
-        suffix = f" ({errors} failed status queries in a row)" if error.retryable else ""
-        _fail(asset, error.message + suffix, Stage.POLLING)
+def _poll_failed(asset: Asset, lease: str, error: ProviderError) -> None:
+    failures = asset.poll_failures_in_a_row + 1
+    if not error.retryable or failures >= settings.GENBOX_POLL_ERROR_LIMIT:
+        suffix = f" ({failures} failed status queries in a row)" if error.retryable else ""
+        _fail(asset, error.message + suffix, held_by=lease)
         return
-    now = timezone.now()
-    delay = _backoff(errors, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
-    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
-        poll_errors=errors,
-        next_poll_at=now + timedelta(seconds=delay),
-        metadata={**asset.metadata, "last_poll_error": error.message},
-    )
-    if moved:
+    delay = _backoff(failures, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
+    if move(
+        asset,
+        Stage.POLLING,
+        Stage.POLLING,
+        held_by=lease,
+        poll_failures_in_a_row=failures,
+        due_at=timezone.now() + timedelta(seconds=delay),
+        last_error=error.message[:4000],
+    ):
         logger.warning("asset %s: %s; asking again in %.1f s", asset.pk, error.message, delay)
         _schedule_poll(asset.pk, delay)
 
@@ -378,10 +511,11 @@ class CallbackIgnored(Exception):
 
 
 def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asset:
-    """A provider says a task ended: make its asset due for a poll now (rule 4).
+    """A provider says a task ended: make its asset due for a poll now (rule 5).
 
-    Raises ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or body) or
-    ``CallbackIgnored`` (finished asset, or a task id that is not this asset's).
+    A poll in flight loses its lease, so its late "still running" cannot push the due time back. Raises
+    ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or body) or ``CallbackIgnored``
+    (finished asset, or a task id that is not this asset's).
     """
     from .tasks import generation_poll
 
@@ -391,7 +525,7 @@ def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asse
     task_id = get_adapter(asset.ai_model.provider).callback_task_id(asset.ai_model, headers, body)
     if task_id != asset.external_task_id:
         raise CallbackIgnored(f"task {task_id!r} is not asset {asset.pk}'s task")
-    if Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(next_poll_at=timezone.now()):
+    if move(asset, Stage.POLLING, Stage.POLLING, held_by=ANY, due_at=timezone.now()):
         generation_poll.delay(asset.pk)
     logger.info("asset %s: callback for task %s, polling now", asset.pk, task_id)
     return asset
@@ -400,7 +534,12 @@ def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asse
 # --- Storing the result ------------------------------------------------------------------------------
 
 
-def _store(asset: Asset, result: Succeeded) -> None:
+class _StorageFailed(Exception):
+    """Saving to storage failed; the message is safe to show (no endpoint, no object key)."""
+
+
+def _store(asset: Asset, result: Succeeded, *, held_by: str, **recorded: Any) -> None:
+    """Take the result into storage (rule 6): from POLLING, or from SUBMITTING for a synchronous provider."""
     now = timezone.now()
     metadata = dict(asset.metadata)
     if result.result_urls:
@@ -409,18 +548,24 @@ def _store(asset: Asset, result: Succeeded) -> None:
         metadata["provider_cost"] = result.cost
     if result.details:
         metadata["provider_info"] = result.details
-    moved = Asset.objects.filter(pk=asset.pk, stage=Stage.POLLING).update(
-        stage=Stage.STORING,
+    lease = new_lease()
+    if not move(
+        asset,
+        asset.stage,
+        Stage.STORING,
+        held_by=held_by,
+        lease_token=lease,
+        lease_until=now + timedelta(seconds=settings.GENBOX_STORE_LEASE_SECONDS),
+        due_at=None,
         provider_finished_at=now,
         progress=1.0,
-        next_poll_at=now + timedelta(seconds=settings.GENBOX_STORE_LEASE_SECONDS),
         metadata=metadata,
-    )
-    if not moved:
+        **recorded,
+    ):
         return
     label = asset.ai_model.provider.name
-    with tempfile.NamedTemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR, prefix="genbox-result-") as spool:
-        try:
+    try:
+        with tempfile.NamedTemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR, prefix="genbox-result-") as spool:
             if result.content is not None:
                 fetched = _spool_content(result.content, spool)
             else:
@@ -428,32 +573,36 @@ def _store(asset: Asset, result: Succeeded) -> None:
                 fetched = download(
                     label, result.result_urls[0], spool, max_bytes=settings.GENBOX_RESULT_MAX_BYTES, headers=headers
                 )
-        except ProviderError as error:
-            _store_failed(asset, error)
-            return
-        try:
             info = inspect_media(spool.name, max_image_side=settings.GENBOX_RESULT_MAX_SIDE)
-        except MediaRejected as exc:
-            _fail(asset, f"{label} returned a result Genbox cannot use: {exc}", Stage.STORING)
-            return
-        spool.seek(0)
-        upload = File(spool)
-        upload.content_type = info.mime_type  # the storage's Content-Type: what the bytes are, not what was claimed
-        name = asset.file.field.generate_filename(asset, f"result{info.extension}")
-        try:
-            name = asset.file.storage.save(name, upload)
-        except Exception as exc:  # the storage is down: a downloadable result is fetched again later
-            logger.exception("asset %s: saving the result to storage failed", asset.pk)
-            error = ProviderError(f"Saving the result to storage failed: {exc!r}", retryable=True)
-            if result.content is None:
-                _store_failed(asset, error)
-            else:  # the picture existed only in the provider's answer
-                _fail(asset, error.message, Stage.STORING)
-            return
+            spool.seek(0)
+            upload = File(spool)
+            upload.content_type = info.mime_type  # the storage's Content-Type: what the bytes are, not the claim
+            name = asset.file.field.generate_filename(asset, f"result{info.extension}")
+            try:
+                name = asset.file.storage.save(name, upload)
+            except Exception as exc:
+                logger.exception("asset %s: saving the result to storage failed", asset.pk)
+                raise _StorageFailed("Saving the result to storage failed") from exc
+    except ProviderError as error:  # the download: the provider's side, counted like a failed poll
+        _store_failed(asset, lease, error.message, provider_error=error)
+        return
+    except MediaRejected as exc:
+        _fail(asset, f"{label} returned a result Genbox cannot use: {exc}", held_by=lease)
+        return
+    except _StorageFailed as exc:
+        _store_failed(asset, lease, str(exc), content_only=result.content is not None)
+        return
+    except Exception:  # the temporary file, the disk: ours, not the provider's; tried again like storage
+        logger.exception("asset %s: storing the result failed", asset.pk)
+        _store_failed(asset, lease, "Storing the result failed on the worker", content_only=result.content is not None)
+        return
 
-    finished = Asset.objects.filter(pk=asset.pk, stage=Stage.STORING).update(
-        status=Status.COMPLETED,
-        stage=Stage.DONE,
+    if not move(
+        asset,
+        Stage.STORING,
+        Stage.DONE,
+        held_by=lease,
+        outcome=Status.COMPLETED,
         asset_type=info.asset_type,
         file=name,
         mime_type=info.mime_type,
@@ -462,10 +611,9 @@ def _store(asset: Asset, result: Succeeded) -> None:
         height=info.height,
         sha256=fetched.sha256,
         error_message="",
-        next_poll_at=None,
+        last_error="",
         finished_at=timezone.now(),
-    )
-    if not finished:
+    ):
         asset.file.storage.delete(name)  # another worker finished it first: keep one copy
         return
     logger.info("asset %s: completed, %s bytes of %s stored as %s", asset.pk, fetched.size, info.mime_type, name)
@@ -477,26 +625,53 @@ def _spool_content(content: bytes, spool) -> Download:
     return Download(content_type="", size=len(content), sha256=hashlib.sha256(content).hexdigest())
 
 
-def _store_failed(asset: Asset, error: ProviderError) -> None:
-    errors = asset.poll_errors + 1
-    if error.retryable and errors < settings.GENBOX_POLL_ERROR_LIMIT:
-        delay = _backoff(errors, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
-        # Back to POLLING: the next poll fetches fresh result URLs and tries the download again.
-        moved = Asset.objects.filter(pk=asset.pk, stage=Stage.STORING).update(
-            stage=Stage.POLLING, poll_errors=errors, next_poll_at=timezone.now() + timedelta(seconds=delay)
-        )
-        if moved:
-            logger.warning("asset %s: %s; trying again in %.1f s", asset.pk, error.message, delay)
-            _schedule_poll(asset.pk, delay)
-        return
-    _fail(asset, error.message, Stage.STORING)
+def _store_failed(
+    asset: Asset,
+    lease: str,
+    message: str,
+    *,
+    provider_error: ProviderError | None = None,
+    content_only: bool = False,
+) -> None:
+    """A result that could not be stored. A download error is the provider's and counts toward
+    ``GENBOX_POLL_ERROR_LIMIT``; anything else is ours and is tried again until the deadline (rule 6). Either
+    way the next attempt polls first, for fresh result URLs."""
+    now = timezone.now()
+    if provider_error is not None:
+        failures = asset.poll_failures_in_a_row + 1
+        if not provider_error.retryable or failures >= settings.GENBOX_POLL_ERROR_LIMIT:
+            _fail(asset, message, held_by=lease)
+            return
+        delay = _backoff(failures, provider_error.retry_after, cap=POLL_INTERVAL_MAX * 3)
+        counters = {"poll_failures_in_a_row": failures}
+    else:
+        if content_only:  # the picture existed only in the provider's answer: there is nothing to fetch again
+            _fail(asset, f"{message}; the result came inline and cannot be fetched again.", held_by=lease)
+            return
+        failures = asset.store_failures + 1
+        delay = _backoff(failures, None, cap=STORE_BACKOFF_MAX)
+        if asset.deadline_at and now + timedelta(seconds=delay) >= asset.deadline_at:
+            _fail(asset, f"{message} ({failures} attempts, until the deadline); it was stopped.", held_by=lease)
+            return
+        counters = {"store_failures": failures}
+    if move(
+        asset,
+        Stage.STORING,
+        Stage.POLLING,
+        held_by=lease,
+        due_at=now + timedelta(seconds=delay),
+        last_error=message[:4000],
+        **counters,
+    ):
+        logger.warning("asset %s: %s; trying again in %.1f s", asset.pk, message, delay)
+        _schedule_poll(asset.pk, delay)
 
 
 # --- The sweeper -------------------------------------------------------------------------------------
 
 
 def sweep(*, batch: int = 500) -> dict[str, int]:
-    """Repair what lost messages and dead workers left behind (rule 6). Returns counts per action."""
+    """Repair what lost messages and dead workers left behind (rule 7). Returns counts per action."""
     from .tasks import generation_poll
 
     now = timezone.now()
@@ -509,41 +684,35 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
         "safety_polls": 0,
         "restored": 0,
     }
+    unfinished = Asset.objects.select_related("ai_model__provider")
 
-    for asset in Asset.objects.filter(stage=Stage.SUBMITTING, next_poll_at__lt=now)[:batch]:
+    for asset in unfinished.filter(stage=Stage.SUBMITTING, lease_until__lt=now)[:batch]:
         counts["lost_submissions"] += _fail(
             asset,
             "The worker stopped while submitting to the provider. The provider may or may not have accepted the "
             "task, so Genbox did not send it again (that could charge twice); generate again if no result appears.",
-            Stage.SUBMITTING,
+            held_by=EXPIRED,
         )
-    for asset in Asset.objects.filter(stage__in=[Stage.QUEUED, Stage.POLLING], deadline_at__lt=now)[:batch]:
+    for asset in unfinished.filter(stage__in=[Stage.QUEUED, Stage.POLLING], deadline_at__lt=now)[:batch]:
         counts["timed_out"] += _fail_timeout(asset)
-    for asset in Asset.objects.filter(stage=Stage.QUEUED, next_poll_at__lt=overdue).select_related(
-        "ai_model__provider"
-    )[:batch]:
+    for asset in unfinished.filter(stage=Stage.QUEUED, due_at__lt=overdue)[:batch]:
         # Due again from now: a submission waiting its turn in a busy GPU queue is re-sent once per grace
         # period, not on every sweep.
-        if Asset.objects.filter(pk=asset.pk, stage=Stage.QUEUED, next_poll_at=asset.next_poll_at).update(
-            next_poll_at=now
-        ):
+        if move(asset, Stage.QUEUED, Stage.QUEUED, held_by=FREE, due_by=asset.due_at, due_at=now):
             _enqueue_submit(asset.pk, asset.ai_model)
             counts["requeued_submits"] += 1
-    lost_polls = Asset.objects.filter(stage=Stage.POLLING, awaits_callback=False, next_poll_at__lt=overdue)
+    free = Q(lease_token="") | Q(lease_until__lt=now)
+    lost_polls = Asset.objects.filter(free, stage=Stage.POLLING, awaits_callback=False, due_at__lt=overdue)
     for asset_id in lost_polls.values_list("pk", flat=True)[:batch]:
         generation_poll.delay(asset_id)
         counts["requeued_polls"] += 1
-    safety_polls = Asset.objects.filter(stage=Stage.POLLING, awaits_callback=True, next_poll_at__lt=now)
+    safety_polls = Asset.objects.filter(free, stage=Stage.POLLING, awaits_callback=True, due_at__lt=now)
     for asset_id in safety_polls.values_list("pk", flat=True)[:batch]:
         generation_poll.delay(asset_id)
         counts["safety_polls"] += 1
-    for asset_id in Asset.objects.filter(stage=Stage.STORING, next_poll_at__lt=now).values_list("pk", flat=True)[
-        :batch
-    ]:
-        if Asset.objects.filter(pk=asset_id, stage=Stage.STORING, next_poll_at__lt=now).update(
-            stage=Stage.POLLING, next_poll_at=now
-        ):
-            generation_poll.delay(asset_id)
+    for asset in unfinished.filter(stage=Stage.STORING, lease_until__lt=now)[:batch]:
+        if move(asset, Stage.STORING, Stage.POLLING, held_by=EXPIRED, due_at=now):
+            generation_poll.delay(asset.pk)
             counts["restored"] += 1
     if any(counts.values()):
         logger.info("sweep: %s", counts)
@@ -553,33 +722,37 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
 # --- Helpers -----------------------------------------------------------------------------------------
 
 
-def _fail(asset: Asset, message: str, *from_stages: str) -> int:
-    """Mark the asset FAILED with ``message`` if it is still in one of ``from_stages``; 1 if it was."""
-    changed = Asset.objects.filter(pk=asset.pk, stage__in=from_stages).update(
-        status=Status.FAILED,
-        stage=Stage.DONE,
+def _fail(asset: Asset, message: str, *, held_by: str | Holder, **recorded: Any) -> int:
+    """Mark the asset FAILED with ``message`` from the stage it is in, as ``held_by`` holds it; 1 if it was."""
+    changed = move(
+        asset,
+        asset.stage,
+        Stage.DONE,
+        held_by=held_by,
+        outcome=Status.FAILED,
         error_message=message[:4000],
-        next_poll_at=None,
         finished_at=timezone.now(),
+        **recorded,
     )
     if changed:
         logger.warning("asset %s: failed: %s", asset.pk, message)
-    return changed
+    return int(changed)
 
 
 def _fail_timeout(asset: Asset) -> int:
+    """Fail a QUEUED or POLLING asset past its deadline, unless a worker holds it (its own write decides)."""
+    last = f"; the last error: {asset.last_error}" if asset.last_error else ""
     if asset.stage == Stage.QUEUED and asset.ai_model and submit_queue(asset.ai_model):
         waited = _duration(settings.GENBOX_GPU_QUEUE_WAIT_SECONDS)
-        last = asset.metadata.get("last_submit_error")
         message = (
             f"The generation did not start in time: still waiting for the GPU (GENBOX_GPU_QUEUE_WAIT_SECONDS is "
-            f"{waited})" + (f"; the last attempt: {last}" if last else "") + ". It was stopped."
+            f"{waited}){last}. It was stopped."
         )
-        return _fail(asset, message, asset.stage)
+        return _fail(asset, message, held_by=FREE)
     seconds = asset.ai_model.effective_timeout_seconds if asset.ai_model else None
     limit = f" within {_duration(seconds)}" if seconds else ""
-    where = "the provider" if asset.stage == Stage.POLLING else "the queue"
-    return _fail(asset, f"The generation did not finish{limit} (still at {where}); it was stopped.", asset.stage)
+    where = "the provider" if asset.stage == Stage.POLLING else f"the queue, after {asset.submit_attempts} attempts"
+    return _fail(asset, f"The generation did not finish{limit} (still at {where}{last}); it was stopped.", held_by=FREE)
 
 
 def _duration(seconds: float) -> str:

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import KombuError
 
 from apps.ai_providers.models import AIModel
 from apps.ai_providers.parameters import SEED_SPEC, validate_generation_config
@@ -132,7 +133,7 @@ def generation_start(
             generation_config={**validated, "seed": seed},
             callback_token=secrets.token_urlsafe(32),
             metadata={**metadata, **group, "variant": index + 1} if group else metadata,
-            next_poll_at=now,
+            due_at=now,
             deadline_at=now + timedelta(seconds=first_deadline),
         )
         logger.info(
@@ -143,9 +144,18 @@ def generation_start(
             seed,
             prompt,
         )
-        transaction.on_commit(functools.partial(_enqueue_submit, asset.pk, model))
+        transaction.on_commit(functools.partial(_send_or_leave_to_sweeper, asset.pk, model))
         assets.append(asset)
     return assets
+
+
+def _send_or_leave_to_sweeper(asset_id: int, model: AIModel) -> None:
+    """Send the submit task; with the broker down the generation is saved all the same and the sweeper sends
+    it once the broker is back, so the client gets its 201 (a 500 would make it retry and pay twice)."""
+    try:
+        _enqueue_submit(asset_id, model)
+    except (KombuError, OSError) as exc:
+        logger.warning("asset %s: the broker is unreachable (%s); the sweeper will send it", asset_id, exc)
 
 
 def generation_options(model: AIModel, config: Any, *, source_size: tuple[int, int] | None) -> tuple[dict, dict]:

@@ -1,0 +1,385 @@
+"""The lifecycle driven step by step: a scripted provider, travelled time, direct calls to submit, poll,
+callbacks, store and sweep. One test per rule of the machine and per race it must win; the end-to-end tests
+(tests/e2e/) run the same code through a real broker and worker."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.core.files.storage import default_storage, storages
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from apps.ai_providers.contract import Failed, ProviderError, Running, Submitted, Succeeded
+from apps.ai_providers.models import AIModel, AIProvider
+from apps.assets.models import Asset
+from apps.generations import lifecycle
+from apps.generations.lifecycle import EXPIRED, FREE, move
+from apps.generations.start import generation_start
+
+Stage, Status = Asset.Stage, Asset.Status
+POLL, SUBMIT = "genbox.generation.poll", "genbox.generation.submit"
+
+
+def fake_model(kind: str = "fake", *, timeout: int = 900) -> AIModel:
+    provider, _ = AIProvider.objects.get_or_create(
+        name=f"{kind} provider", defaults={"kind": kind, "base_url": "http://fake.test"}
+    )
+    model, _ = AIModel.objects.get_or_create(
+        provider=provider,
+        name="Fake model",
+        defaults={
+            "model_type": "IMAGE",
+            "api_endpoint": "/generate",
+            "request_schema": {"prompt": "<<prompt>>"},
+            "timeout_seconds": timeout,
+        },
+    )
+    return model
+
+
+def start(box, kind: str = "fake", *, timeout: int = 900) -> Asset:
+    [asset] = generation_start(box=box, model=fake_model(kind, timeout=timeout), prompt="a fox")
+    return asset
+
+
+def reload(asset: Asset) -> Asset:
+    return Asset.objects.get(pk=asset.pk)
+
+
+def submitted(box, script, **answer) -> Asset:
+    """A generation the fake provider accepted as task ``t-1``; POLLING, its first poll due in 2 s."""
+    asset = start(box)
+    script.submits.append(Submitted("t-1", **answer))
+    lifecycle.submit(asset.pk)
+    return reload(asset)
+
+
+def after(seconds: float):
+    return time_machine.travel(timezone.now() + timedelta(seconds=seconds), tick=False)
+
+
+# --- The machine ----------------------------------------------------------------------------------------
+
+
+def test_every_stage_but_done_has_a_status_and_done_has_no_way_out():
+    assert set(lifecycle.MOVES) == set(Stage.values)
+    assert set(lifecycle.STATUS_OF) == set(Stage.values) - {Stage.DONE}
+    assert lifecycle.MOVES[Stage.DONE] == frozenset()
+
+
+def test_a_move_the_machine_does_not_allow_is_refused_before_anything_is_written(fake_provider, box):
+    asset = start(box)
+    with pytest.raises(ValueError, match="QUEUED to STORING"):
+        move(asset, Stage.QUEUED, Stage.STORING, held_by=FREE)
+    with pytest.raises(ValueError, match="outcome"):
+        move(asset, Stage.QUEUED, Stage.DONE, held_by=FREE)
+    assert reload(asset).stage == Stage.QUEUED
+
+
+def test_a_move_sets_the_status_its_stage_implies_and_updates_the_copy_in_memory(fake_provider, box):
+    asset = start(box)
+    assert move(asset, Stage.QUEUED, Stage.SUBMITTING, held_by=FREE, lease_token="L", submit_attempts=5)
+    assert (asset.stage, asset.status, asset.submit_attempts, asset.lease_token) == (
+        Stage.SUBMITTING,
+        Status.PROCESSING,
+        5,
+        "L",
+    )
+    stored = reload(asset)
+    assert (stored.stage, stored.status, stored.submit_attempts) == (Stage.SUBMITTING, Status.PROCESSING, 5)
+
+
+def test_only_the_lease_holder_moves_a_held_asset_and_the_move_releases_it(fake_provider, box):
+    asset = start(box)
+    until = timezone.now() + timedelta(seconds=60)
+    move(asset, Stage.QUEUED, Stage.SUBMITTING, held_by=FREE, lease_token="mine", lease_until=until)
+    assert not move(reload(asset), Stage.SUBMITTING, Stage.QUEUED, held_by="theirs")
+    assert not move(reload(asset), Stage.QUEUED, Stage.SUBMITTING, held_by=FREE)  # wrong stage
+    assert move(asset, Stage.SUBMITTING, Stage.QUEUED, held_by="mine")
+    assert (reload(asset).lease_token, reload(asset).lease_until) == ("", None)
+
+
+def test_a_lease_that_ran_out_frees_the_asset(fake_provider, box):
+    asset = start(box)
+    until = timezone.now() + timedelta(seconds=60)
+    move(asset, Stage.QUEUED, Stage.SUBMITTING, held_by=FREE, lease_token="dead worker", lease_until=until)
+    assert not move(reload(asset), Stage.SUBMITTING, Stage.SUBMITTING, held_by=EXPIRED)
+    with after(61):
+        assert move(reload(asset), Stage.SUBMITTING, Stage.SUBMITTING, held_by=FREE, lease_token="new")
+
+
+# --- Submitting -----------------------------------------------------------------------------------------
+
+
+def test_a_submission_records_the_task_and_schedules_the_first_poll(fake_provider, sent_tasks, box):
+    asset = submitted(box, fake_provider)
+
+    assert (asset.stage, asset.status, asset.external_task_id) == (Stage.POLLING, Status.PROCESSING, "t-1")
+    assert fake_provider.sent == [("submit", {"prompt": "a fox"})]
+    assert asset.request_payload == {"prompt": "a fox"}
+    assert (asset.lease_token, asset.submit_attempts) == ("", 1)
+    assert sent_tasks == [(POLL, asset.pk, lifecycle.FIRST_POLL_SECONDS)]
+
+
+def test_a_second_delivery_of_the_submit_task_sends_nothing(fake_provider, box):
+    asset = submitted(box, fake_provider)
+    lifecycle.submit(asset.pk)
+    assert [call for call, _ in fake_provider.sent] == ["submit"]
+
+
+def test_a_refused_submission_waits_in_the_queue_showing_why_and_how_often(fake_provider, sent_tasks, box):
+    asset = start(box)
+    fake_provider.submits.append(ProviderError("Fake: maintenance (455)", retryable=True))
+
+    lifecycle.submit(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.status, asset.submit_attempts) == (Stage.QUEUED, Status.PENDING, 1)
+    assert asset.last_error == "Fake: maintenance (455)"
+    assert asset.error_message == ""
+    assert sent_tasks[-1][:2] == (SUBMIT, asset.pk) and sent_tasks[-1][2] > 0
+
+
+def test_a_server_that_refuses_connections_is_given_up_after_the_limit_with_the_cause(fake_provider, box, settings):
+    settings.GENBOX_UNREACHABLE_SECONDS = 60
+    asset = start(box)
+    refused = ProviderError("Fake: cannot connect to fake.test (ConnectError)", retryable=True, unreachable=True)
+    fake_provider.submits.extend([refused, refused])
+
+    lifecycle.submit(asset.pk)
+    assert reload(asset).stage == Stage.QUEUED
+    with after(61):
+        lifecycle.submit(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.status) == (Stage.DONE, Status.FAILED)
+    assert asset.error_message.startswith("Fake: cannot connect to fake.test (ConnectError) (no connection for")
+    assert "2 attempts" in asset.error_message and "GENBOX_UNREACHABLE_SECONDS" in asset.error_message
+
+
+def test_a_generation_that_times_out_in_the_queue_keeps_the_last_cause(fake_provider, box):
+    asset = start(box, timeout=60)
+    fake_provider.submits.append(ProviderError("Fake: server error (500)", retryable=True))
+    lifecycle.submit(asset.pk)
+
+    with after(61):
+        lifecycle.sweep()
+
+    asset = reload(asset)
+    assert asset.status == Status.FAILED
+    assert "still at the queue, after 1 attempts; the last error: Fake: server error (500)" in asset.error_message
+
+
+def test_a_retry_after_a_synchronous_run_uses_the_deadline_the_run_moved(fake_provider, box, settings):
+    settings.GENBOX_GPU_QUEUE_WAIT_SECONDS = 5  # the first deadline: the wait for the GPU
+    asset = start(box, "fake-sync", timeout=600)
+    fake_provider.runs.append(ProviderError("Fake GPU: server error (500)", retryable=True))
+
+    with after(10):  # waited longer than the GPU wait allows, yet its turn came: the run gets its full timeout
+        lifecycle.submit(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.last_error) == (Stage.QUEUED, "Fake GPU: server error (500)")
+
+
+def test_a_worker_killed_while_submitting_is_failed_by_the_sweeper_and_never_resent(fake_provider, box, settings):
+    asset = start(box)
+    lease_ends = timezone.now() + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS)
+    move(asset, Stage.QUEUED, Stage.SUBMITTING, held_by=FREE, lease_token="killed", lease_until=lease_ends)
+
+    lifecycle.sweep()
+    assert reload(asset).stage == Stage.SUBMITTING  # the lease still runs
+    with after(settings.GENBOX_SUBMIT_LEASE_SECONDS + 1):
+        assert lifecycle.sweep()["lost_submissions"] == 1
+
+    asset = reload(asset)
+    assert asset.status == Status.FAILED and "did not send it again" in asset.error_message
+    assert fake_provider.sent == []
+
+
+# --- Polling and callbacks ------------------------------------------------------------------------------
+
+
+def test_a_running_task_is_polled_again_later_and_a_duplicate_poll_does_nothing(fake_provider, sent_tasks, box):
+    asset = submitted(box, fake_provider)
+    fake_provider.polls.append(Running(progress=0.4))
+
+    with after(3):
+        lifecycle.poll(asset.pk)
+        lifecycle.poll(asset.pk)  # the same message delivered twice: not due any more
+
+    asset = reload(asset)
+    assert (asset.stage, asset.progress, asset.polls_sent) == (Stage.POLLING, 0.4, 1)
+    assert [call for call, _ in fake_provider.sent] == ["submit", "poll"]
+    assert sent_tasks[-1][:2] == (POLL, asset.pk)
+
+
+def test_a_callback_during_a_poll_is_not_undone_by_that_polls_answer(fake_provider, sent_tasks, box):
+    asset = submitted(box, fake_provider, callback_expected=True)
+    fake_provider.callback_task_id = "t-1"
+
+    def callback_arrives_meanwhile(adapter):
+        lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+        return Running()  # the poll was answered just before the task ended
+
+    fake_provider.polls.extend([callback_arrives_meanwhile, Failed("Fake: the task failed")])
+    with after(3):
+        called_back = timezone.now()
+        lifecycle.poll(asset.pk)
+        assert reload(asset).due_at <= called_back  # still due now: the callback's poll goes ahead
+        assert sent_tasks[-1] == (POLL, asset.pk, None)
+        lifecycle.poll(asset.pk)  # the callback's poll
+
+    asset = reload(asset)
+    assert (asset.status, asset.error_message) == (Status.FAILED, "Fake: the task failed")
+    assert [call for call, _ in fake_provider.sent] == ["submit", "poll", "poll"]
+
+
+def test_a_callback_for_another_task_changes_nothing(fake_provider, box):
+    asset = submitted(box, fake_provider)
+    fake_provider.callback_task_id = "someone else's"
+    with pytest.raises(lifecycle.CallbackIgnored):
+        lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+    assert reload(asset).due_at == asset.due_at
+
+
+def test_failed_polls_in_a_row_fail_the_generation_at_the_limit_saying_so(fake_provider, box, settings):
+    settings.GENBOX_POLL_ERROR_LIMIT = 2
+    asset = submitted(box, fake_provider)
+    unreadable = ProviderError("Fake: unreadable answer", retryable=True)
+    fake_provider.polls.extend([unreadable, unreadable])
+
+    with after(3):
+        lifecycle.poll(asset.pk)
+    assert (reload(asset).poll_failures_in_a_row, reload(asset).last_error) == (1, "Fake: unreadable answer")
+    with after(120):
+        lifecycle.poll(asset.pk)
+
+    asset = reload(asset)
+    assert asset.error_message == "Fake: unreadable answer (2 failed status queries in a row)"
+
+
+# --- Storing --------------------------------------------------------------------------------------------
+
+
+def test_a_result_is_stored_and_the_asset_completed(fake_provider, box, result_url):
+    asset = submitted(box, fake_provider)
+    fake_provider.polls.append(Succeeded(result_urls=[result_url]))
+    with after(3):
+        lifecycle.poll(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.status, asset.mime_type, asset.width) == (Stage.DONE, Status.COMPLETED, "image/png", 64)
+    assert default_storage.open(asset.file.name).read().startswith(b"\x89PNG")
+    assert (asset.lease_token, asset.due_at) == ("", None)
+
+
+def test_a_storage_outage_is_waited_out_without_counting_against_the_provider(
+    fake_provider, box, result_url, settings, monkeypatch
+):
+    settings.GENBOX_POLL_ERROR_LIMIT = 2
+    asset = submitted(box, fake_provider)
+    fake_provider.polls.extend([Succeeded(result_urls=[result_url])] * 4)
+    save = type(storages["default"]).save
+    outage = {"left": 3}
+
+    def save_during_outage(storage, name, content, *args, **kwargs):
+        if outage["left"]:
+            outage["left"] -= 1
+            raise ConnectionError("Could not connect to the endpoint URL: http://s3.internal:9000/genbox/boxes/1/x.png")
+        return save(storage, name, content, *args, **kwargs)
+
+    monkeypatch.setattr(type(storages["default"]), "save", save_during_outage)
+    for minute in range(1, 5):
+        with after(60 * minute):
+            lifecycle.poll(asset.pk)
+        if minute == 1:
+            waiting = reload(asset)
+            assert (waiting.stage, waiting.store_failures, waiting.poll_failures_in_a_row) == (Stage.POLLING, 1, 0)
+            assert waiting.last_error == "Saving the result to storage failed"
+
+    asset = reload(asset)
+    assert (asset.status, asset.store_failures, asset.poll_failures_in_a_row) == (Status.COMPLETED, 3, 0)
+
+
+def test_a_storage_outage_past_the_deadline_fails_without_naming_the_endpoint_or_the_key(
+    fake_provider, box, result_url, monkeypatch
+):
+    asset = submitted(box, fake_provider)
+    Asset.objects.filter(pk=asset.pk).update(deadline_at=timezone.now() + timedelta(seconds=10))
+    fake_provider.polls.append(Succeeded(result_urls=[result_url]))
+
+    def storage_down(*args, **kwargs):
+        raise ConnectionError("Could not connect to the endpoint URL: http://s3.internal:9000/genbox/boxes/1/x.png")
+
+    monkeypatch.setattr(type(storages["default"]), "save", storage_down)
+    with after(9):
+        lifecycle.poll(asset.pk)
+
+    asset = reload(asset)
+    assert asset.status == Status.FAILED
+    assert (
+        asset.error_message == "Saving the result to storage failed (1 attempts, until the deadline); it was stopped."
+    )
+
+
+def test_an_unexpected_error_while_storing_leaves_the_asset_to_be_tried_again_not_stuck(
+    fake_provider, sent_tasks, box, result_url, monkeypatch
+):
+    asset = submitted(box, fake_provider)
+    fake_provider.polls.append(Succeeded(result_urls=[result_url]))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lifecycle, "inspect_media", disk_full)
+    with after(3):
+        lifecycle.poll(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.lease_token, asset.store_failures) == (Stage.POLLING, "", 1)
+    assert asset.last_error == "Storing the result failed on the worker"
+    assert sent_tasks[-1][:2] == (POLL, asset.pk)
+
+
+def test_a_store_whose_worker_died_is_taken_back_by_the_sweeper(fake_provider, sent_tasks, box, settings):
+    asset = submitted(box, fake_provider)
+    lease_ends = timezone.now() + timedelta(seconds=settings.GENBOX_STORE_LEASE_SECONDS)
+    move(asset, Stage.POLLING, Stage.STORING, held_by=FREE, lease_token="killed", lease_until=lease_ends)
+
+    with after(settings.GENBOX_STORE_LEASE_SECONDS + 1):
+        assert lifecycle.sweep()["restored"] == 1
+
+    assert (reload(asset).stage, sent_tasks[-1]) == (Stage.POLLING, (POLL, asset.pk, None))
+
+
+# --- The API's side -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_generate_answers_201_when_the_broker_is_down_and_the_sweeper_sends_it_later(
+    fake_provider, sent_tasks, api, box, monkeypatch, settings
+):
+    from apps.generations import tasks
+
+    broker = {"up": False}
+    sent = []
+
+    def apply_async(args=(), **options):
+        if not broker["up"]:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        sent.append(args[0])
+
+    model = fake_model()
+    monkeypatch.setattr(tasks.generation_submit, "apply_async", apply_async)
+    response = api.post(f"/api/boxes/{box.pk}/generate/", {"prompt": "a fox", "ai_model_id": model.pk}, format="json")
+
+    assert response.status_code == 201, response.content
+    asset = Asset.objects.get(pk=response.json()["id"])
+    assert (asset.stage, asset.status) == (Stage.QUEUED, Status.PENDING)
+
+    broker["up"] = True
+    with after(settings.GENBOX_SWEEP_GRACE + 1):
+        lifecycle.sweep()
+    assert sent == [asset.pk]

@@ -295,18 +295,19 @@ def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
     """
     timeout = model.effective_timeout_seconds
     started = timezone.now()
+    lease_until = started + timedelta(seconds=timeout + 60)
     if not move(
         asset,
         Stage.SUBMITTING,
         Stage.SUBMITTING,
         held_by=lease,
         lease_token=lease,
-        lease_until=started + timedelta(seconds=timeout + 60),
+        lease_until=lease_until,
         deadline_at=started + timedelta(seconds=timeout),  # the time in the GPU queue does not count
     ):
         return
     try:
-        with _progress_reader(asset.pk, lease, adapter):
+        with _progress_reader(asset.pk, lease, lease_until, adapter):
             result = adapter.run(model, body, timeout=timeout)
     except ProviderError as error:
         _submit_failed(asset, lease, error)
@@ -331,11 +332,9 @@ def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
 
 
 @contextlib.contextmanager
-def _progress_reader(asset_id: int, lease: str, adapter):
-    """While a synchronous generation runs, copy the provider's progress onto the asset every few seconds.
-
-    Progress is not a move: the stage stays, so this one write filters on the holder's lease itself.
-    """
+def _progress_reader(asset_id: int, lease: str, lease_until, adapter):
+    """While a synchronous generation runs, copy the provider's progress onto the asset every few seconds
+    (on behalf of the lease holder, which keeps its lease)."""
     from django.db import connection
 
     done = threading.Event()
@@ -348,8 +347,14 @@ def _progress_reader(asset_id: int, lease: str, adapter):
                 except Exception:  # progress is a nicety; the generation's own answer decides
                     continue
                 if progress is not None:
-                    Asset.objects.filter(pk=asset_id, stage=Stage.SUBMITTING, lease_token=lease).update(
-                        progress=progress
+                    move(
+                        Asset(pk=asset_id),
+                        Stage.SUBMITTING,
+                        Stage.SUBMITTING,
+                        held_by=lease,
+                        lease_token=lease,
+                        lease_until=lease_until,
+                        progress=progress,
                     )
         finally:
             connection.close()  # this thread's own connection

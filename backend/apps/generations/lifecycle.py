@@ -17,11 +17,12 @@ The rules:
    holding the asset may take. A lease that runs out frees the asset for the sweeper.
 3. Submission is at most once. A worker that dies between sending and saving the task id leaves the asset
    in SUBMITTING; the sweeper fails it when its lease runs out (``GENBOX_SUBMIT_LEASE_SECONDS``) saying so,
-   rather than submit again (providers charge per submission). An answer that may have created a task (a
-   timeout after sending, an unreadable 2xx) is treated the same way. Definite refusals worth waiting out (429,
-   maintenance, 5xx, no connection) go back to QUEUED and are retried with backoff until the deadline, the
-   last error and the attempts kept on the asset; a server that refuses connections for
-   ``GENBOX_UNREACHABLE_SECONDS`` is given up sooner.
+   rather than submit again (providers charge per submission) — unless the provider called back meanwhile on
+   the asset's own callback URL, naming the task: that task is adopted and confirmed by a poll. An answer
+   that may have created a task (a timeout after sending, an unreadable 2xx) fails the same way, at once.
+   Definite refusals worth waiting out (429, maintenance, 5xx, no connection) go back to QUEUED and are
+   retried with backoff until the deadline, the last error and the attempts kept on the asset; a server that
+   refuses connections for ``GENBOX_UNREACHABLE_SECONDS`` is given up sooner.
 4. No worker waits for a provider. After each poll the next one is scheduled with a countdown and its due
    time kept in ``due_at``; intervals start at 2 s and grow with the task's age. ``deadline_at`` (the model's
    timeout) ends it.
@@ -518,17 +519,33 @@ class CallbackIgnored(Exception):
 def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asset:
     """A provider says a task ended: make its asset due for a poll now (rule 5).
 
-    A poll in flight loses its lease, so its late "still running" cannot push the due time back. Raises
-    ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or body) or ``CallbackIgnored``
-    (finished asset, or a task id that is not this asset's).
+    A poll in flight loses its lease, so its late "still running" cannot push the due time back. A callback
+    that arrives before the task id was saved (its worker is saving it, or died after sending) leaves the task
+    id on the asset: if that worker is dead, the sweeper adopts the task instead of failing the generation
+    (rule 3). Raises ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or body) or
+    ``CallbackIgnored`` (finished asset, or a task id that is not this asset's).
     """
     from .tasks import generation_poll
 
     asset = Asset.objects.select_related("ai_model__provider").get(callback_token=token)
-    if asset.stage != Stage.POLLING or asset.ai_model is None:
+    if asset.stage not in (Stage.SUBMITTING, Stage.POLLING) or asset.ai_model is None:
         raise CallbackIgnored(f"asset {asset.pk} is not waiting for its provider (stage {asset.stage})")
     task_id = get_adapter(asset.ai_model.provider).callback_task_id(asset.ai_model, headers, body)
-    if task_id != asset.external_task_id:
+    if asset.stage == Stage.SUBMITTING and not asset.external_task_id:
+        holder = asset.lease_token
+        if move(
+            asset,
+            Stage.SUBMITTING,
+            Stage.SUBMITTING,
+            held_by=holder,
+            lease_token=holder,
+            lease_until=asset.lease_until,
+            external_task_id=task_id,
+        ):
+            logger.info("asset %s: callback for task %s before its id was saved; kept", asset.pk, task_id)
+            return asset
+        asset.refresh_from_db()  # its worker saved the task id meanwhile
+    if asset.stage != Stage.POLLING or task_id != asset.external_task_id:
         raise CallbackIgnored(f"task {task_id!r} is not asset {asset.pk}'s task")
     if move(asset, Stage.POLLING, Stage.POLLING, held_by=ANY, due_at=timezone.now()):
         generation_poll.delay(asset.pk)
@@ -682,6 +699,7 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
     now = timezone.now()
     overdue = now - timedelta(seconds=settings.GENBOX_SWEEP_GRACE)
     counts = {
+        "adopted": 0,
         "lost_submissions": 0,
         "timed_out": 0,
         "requeued_submits": 0,
@@ -692,6 +710,21 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
     unfinished = Asset.objects.select_related("ai_model__provider")
 
     for asset in unfinished.filter(stage=Stage.SUBMITTING, lease_until__lt=now)[:batch]:
+        if asset.external_task_id:  # a callback named the task the dead worker had sent: adopt it, poll to confirm
+            if move(
+                asset,
+                Stage.SUBMITTING,
+                Stage.POLLING,
+                held_by=EXPIRED,
+                submitted_at=asset.started_at,
+                due_at=now,
+                deadline_at=now + timedelta(seconds=asset.ai_model.effective_timeout_seconds),
+                awaits_callback=False,
+            ):
+                logger.warning("asset %s: adopted task %s from its callback", asset.pk, asset.external_task_id)
+                generation_poll.delay(asset.pk)
+                counts["adopted"] += 1
+            continue
         counts["lost_submissions"] += _fail(
             asset,
             "The worker stopped while submitting to the provider. The provider may or may not have accepted the "

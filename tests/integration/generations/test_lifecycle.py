@@ -198,6 +198,42 @@ def test_a_worker_killed_while_submitting_is_failed_by_the_sweeper_and_never_res
     assert fake_provider.sent == []
 
 
+def test_a_task_whose_submitter_died_is_adopted_from_its_callback_and_confirmed_by_a_poll(
+    fake_provider, sent_tasks, box, settings, result_url
+):
+    asset = start(box)
+    lease_ends = timezone.now() + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS)
+    move(asset, Stage.QUEUED, Stage.SUBMITTING, held_by=FREE, lease_token="killed", lease_until=lease_ends)
+    fake_provider.callback_task_id = "t-9"  # sent by the worker, which died before saving the id
+
+    lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+    assert (reload(asset).stage, reload(asset).external_task_id) == (Stage.SUBMITTING, "t-9")
+    with after(settings.GENBOX_SUBMIT_LEASE_SECONDS + 1):
+        assert lifecycle.sweep()["adopted"] == 1
+        assert sent_tasks[-1] == (POLL, asset.pk, None)
+        fake_provider.polls.append(Succeeded(result_urls=[result_url]))
+        lifecycle.poll(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.status, asset.external_task_id) == (Status.COMPLETED, "t-9")
+    assert fake_provider.sent == [("poll", "t-9")]  # confirmed, never sent again
+
+
+def test_a_callback_before_a_live_worker_saved_the_task_id_leaves_the_worker_to_finish(fake_provider, box):
+    asset = start(box)
+    fake_provider.callback_task_id = "t-1"
+
+    def accepted_and_called_back_at_once(adapter):
+        lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+        return Submitted("t-1", callback_expected=True)
+
+    fake_provider.submits.append(accepted_and_called_back_at_once)
+    lifecycle.submit(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.external_task_id, asset.request_payload) == (Stage.POLLING, "t-1", {"prompt": "a fox"})
+
+
 # --- Polling and callbacks ------------------------------------------------------------------------------
 
 

@@ -1,10 +1,10 @@
 """What one ComfyUI status query costs a worker: the /history request plus the WebSocket listening.
 
-A prompt still queued behind another costs the time it takes to learn it is not running
-(``RUNNING_HINT_SECONDS``); a running one up to ``progress_window_seconds`` (default 1 s), for its progress.
-Runs against the ComfyUI emulator over HTTP; no database needed:
+A prompt still queued behind another costs the /history and /queue requests that show it is not running;
+a running one listens up to ``progress_window_seconds`` (default 1 s) for its progress.
+Runs against the ComfyUI sandbox over HTTP; no database needed:
 
-    DEBUG=true PYTHONPATH=backend .venv/bin/python bench/comfyui_poll_cost.py [--polls 10]
+    DEBUG=true PYTHONPATH=backend:. .venv/bin/python bench/comfyui_poll_cost.py [--polls 10]
 """
 
 import argparse

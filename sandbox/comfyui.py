@@ -1,9 +1,8 @@
-"""ComfyUI protocol emulator: a real HTTP + WebSocket server speaking ComfyUI's API, validation errors included.
+"""ComfyUI protocol emulator: a real HTTP + WebSocket server that answers like ComfyUI 0.3.6x does.
 
-The wire protocol is the one described in ``/work/shared/protocols.md`` section 2. Like the Kie emulator it
-exists so that clients, workers and the sandbox can run end to end without a GPU; it is built on
-``LocalEmulator`` (``local.py``) and uses only the standard library and Pillow (plus ``make_mp4``'s optional
-ffmpeg). No Django.
+It exists so that clients, workers and the sandbox can run end to end without a GPU; it is built on
+``LocalEmulator`` (``server.py``) and uses only the standard library and Pillow (plus ``make_mp4``'s optional
+ffmpeg). No Django. Where a real server has a quirk a client must cope with, the emulator has it too.
 
 Contract, in short:
 
@@ -11,11 +10,17 @@ Contract, in short:
   Every route is also served under ``/api/…``. With ``api_key`` set, every route (``/ws`` included) needs
   ``Authorization: Bearer <key>`` (as behind an auth proxy), else 401 ``{"error": "Unauthorized"}``.
 * ``POST /prompt`` validates the API-format graph against a small node catalogue (``NODE_TYPES``, served by
-  ``GET /object_info``) the way ComfyUI does: ``invalid_prompt``, ``missing_node_type``,
-  ``prompt_no_outputs`` and ``prompt_outputs_failed_validation`` with per-node ``node_errors``
-  (``required_input_missing``, ``value_not_in_list``, ``value_smaller_than_min``, ``value_bigger_than_max``,
-  ``invalid_input_type``, ``bad_linked_input``, ``return_type_mismatch``). As in ComfyUI, a graph whose
-  outputs are only partly valid is accepted and runs the valid outputs, with the errors in ``node_errors``.
+  ``GET /object_info``) the way ComfyUI does. Widget inputs are converted like ComfyUI converts them
+  (``int()`` / ``float()`` / ``str()`` / ``bool()``: ``"20"``, ``20.0`` and ``true`` are a valid INT).
+  Refusals are 400 ``{"error": …, "node_errors": …}``: ``no_prompt``, ``invalid_prompt`` (an unknown node type
+  too), ``prompt_no_outputs`` and ``prompt_outputs_failed_validation`` with per-node ``node_errors``
+  (``required_input_missing``, ``value_not_in_list``, ``value_smaller_than_min`` / ``value_bigger_than_max``
+  whose ``details`` is the input name, ``invalid_input_type``, ``bad_linked_input``, ``return_type_mismatch``,
+  ``custom_validation_failed`` for a ``LoadImage`` file that is not there, ``exception_during_validation`` /
+  ``exception_during_inner_validation`` for links to missing nodes or outputs). A graph whose outputs are
+  only partly valid is accepted (200) and runs the valid outputs, with the errors in ``node_errors``.
+  Requests ComfyUI cannot parse (a body that is not JSON, ``"prompt": "a string"``) answer 500 text/plain,
+  as its unhandled exceptions do; a ``prompt_id`` is taken as ``str(prompt_id)`` and may repeat.
 * Accepted prompts queue FIFO (``"front": true`` jumps ahead) and ONE executor thread runs them one at a
   time, like one GPU. Execution really evaluates the graph: loaders give markers, ``LoadImage`` /
   ``ImageScale`` / ``ImageInvert`` / ``ImageBlur`` / ``EmptyImage`` work on real pixels (Pillow), a
@@ -24,37 +29,53 @@ Contract, in short:
   VAE does). Outputs are kept in memory: ``SaveImage`` → ``<prefix>_<counter:05d>_.png`` (``images``),
   ``PreviewImage`` → the temp folder, ``VHS_VideoCombine`` → ``<prefix>_<counter:05d>.mp4`` (``gifs``, via
   ``make_mp4``), ``SaveAnimatedWEBP`` → an animated ``.webp``.
-* A prompt takes ``task_seconds`` (or ``[[slow:S]]``); KSampler-bearing prompts emit ``progress`` events
-  (at most 8 per sampler, ``max`` = steps) while they run.
-* WebSocket ``/ws?clientId=<id>``: ``status`` (with ``sid``) on connect, then every event of prompts whose
-  ``client_id`` is ``id``: ``execution_start``, ``execution_cached``, ``executing`` per node, ``progress``,
+* Caching, as ComfyUI's default cache: a node whose class, inputs and upstream nodes (and, for
+  ``LoadImage``, the file's content) equal those of a node of the previous prompt is not run again. It is
+  listed in ``execution_cached``, sends no ``executing``, and an output node reports its earlier output
+  (the same file) again; a fully cached prompt takes no time and writes nothing new. Prompts that differ
+  (a seed, a size) run. ``POST /free`` with ``{"free_memory": true}`` empties the cache.
+* A prompt takes ``task_seconds`` (or ``[[slow:S]]``), shared among the nodes it runs; KSampler-bearing
+  prompts emit ``progress`` events (at most 8 per sampler, ``max`` = steps) while they run, every node
+  ``progress_state`` events. ``POST /interrupt`` stops a sampler between two steps and any other node only
+  once it finished (ComfyUI checks between nodes).
+* WebSocket ``/ws?clientId=<id>``: ``status`` (with ``sid``) on connect and, while a prompt of that client
+  runs, ``{"type": "executing", "data": {"node": <id>}}`` (no ``prompt_id``). One socket per client id: a
+  newer one takes the events over, and closing either forgets the id (as ComfyUI does). A prompt's events
+  (``execution_start``, ``execution_cached``, ``executing`` per node, ``progress``, ``progress_state``,
   ``executed``, ``execution_success`` / ``execution_error`` / ``execution_interrupted``, then ``executing``
-  with ``node: null``. Queue changes broadcast ``status`` to every socket, as ComfyUI does. History is
-  written before the terminal events are sent.
+  with ``node: null``) go to its ``client_id``; of a prompt queued without one, ``progress``,
+  ``progress_state`` and ``execution_interrupted`` go to EVERY socket and the others to none, so clients
+  must filter by ``prompt_id``. Queue changes broadcast ``status``. The history is written after
+  ``execution_success`` / ``execution_error`` went out and before ``executing`` with ``node: null``.
 * ``GET /history[/{id}]``, ``GET /view``, ``POST /upload/image``, ``GET|POST /queue``, ``POST /interrupt``,
-  ``GET /system_stats``, ``GET /object_info[/{class}]``, ``GET /prompt`` (queue info), ``POST /history``.
+  ``POST /free``, ``GET /system_stats``, ``GET /object_info[/{class}]``, ``GET /prompt`` (queue info),
+  ``POST /history``. Errors of ``/view`` and ``/upload/image`` have empty bodies; other methods on a known
+  path answer 405 text/plain, unknown GETs an empty 404.
+* ``execution_error.exception_message`` and tracebacks carry the server's file paths (``/ComfyUI/input/…``),
+  as a real server's do.
 * Failure modes are driven by directives found in any string input of the graph, e.g. ``[[fail]]`` in the
   prompt text (``DIRECTIVES``): ``[[fail]]`` / ``[[oom]]`` end in ``execution_error`` at the KSampler (or
-  first) node, ``[[malformed]]`` truncates ``GET /history/{id}`` once finished, ``[[slow:S]]`` sets the
-  duration, ``[[nows]]`` silences the WebSocket for that prompt.
-* ``reset()`` forgets everything (queue, prompts, history, files, requests) without restarting the server.
+  first) node that runs, ``[[malformed]]`` truncates ``GET /history/{id}`` once finished, ``[[slow:S]]`` sets
+  the duration, ``[[nows]]`` silences the WebSocket for that prompt.
+* ``reset()`` forgets everything (queue, prompts, history, cache, files, requests) without restarting.
 
-Everything is recorded for tests: ``requests`` (base), ``prompts`` (``EmulatedPrompt`` by id), ``history``,
-``inputs`` / ``outputs`` (in-memory folders, ``{"sub/name": bytes}``) and ``submitted_graphs()``.
+Everything is recorded for tests: ``requests`` (base), ``prompts`` (``EmulatedPrompt`` by id; a repeated id
+keeps the latest), ``history``, ``inputs`` / ``outputs`` (in-memory folders, ``{"sub/name": bytes}``) and
+``submitted_graphs()``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import heapq
 import io
 import itertools
 import json
 import logging
-import math
 import mimetypes
 import os
-import platform
+import posixpath
 import re
 import sys
 import threading
@@ -64,7 +85,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from .kie import make_mp4, make_png, parse_directives
@@ -101,6 +122,23 @@ OOM_MESSAGE = (
     " : 17179869184.00 GiB"
 )
 _OOM_TYPE = "torch.OutOfMemoryError"
+# What ComfyUI adds to the message of an out-of-memory error.
+_OOM_TIPS = (
+    "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might have "
+    "accidentally set the batch_size to a large number."
+)
+
+# Where the emulated server is "installed": its paths show in errors and tracebacks, as a real server's do.
+SERVER_ROOT = "/ComfyUI"
+_FRONTEND_VERSION = "1.27.10"
+_TEMPLATES_VERSION = "0.1.94"
+_JSON = "application/json; charset=utf-8"
+_TEXT = "text/plain; charset=utf-8"
+# aiohttp's answer to an exception in a handler (ComfyUI lets many malformed requests get that far).
+_SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
+# Events of a prompt queued without a client_id that ComfyUI still sends, to every socket.
+_BROADCAST_EVENTS = frozenset({"progress", "progress_state", "execution_interrupted"})
+_NO_UPGRADE = 'No WebSocket UPGRADE hdr: None\n Can "Upgrade" only to "WebSocket".'
 
 FOLDER_TYPES = ("input", "output", "temp")
 MAX_RESOLUTION = 16384
@@ -332,13 +370,14 @@ class EmulatedPrompt:
     with ``interrupted`` set); ``deleted`` when removed from the queue before running.
 
     ``messages`` are the history's ``status.messages`` (``[event, data]``); ``events`` every WebSocket
-    event of the prompt as ``(type, data)``, recorded even under ``[[nows]]``.
+    event of the prompt as ``(type, data)``, recorded even under ``[[nows]]`` and whoever received it.
+    ``client_id`` is whatever the request said (ComfyUI does not check it is a string).
     """
 
     prompt_id: str
-    number: int
+    number: int | float
     graph: dict[str, Any]
-    client_id: str | None
+    client_id: Any
     extra_data: dict[str, Any]
     outputs_to_execute: list[str]
     node_errors: dict[str, Any]
@@ -390,8 +429,20 @@ class _Conditioning:
         return f"<CONDITIONING {self.text[:40]!r}>"
 
 
+@dataclass(frozen=True)
+class _Cached:
+    """A node's result kept for the next prompt: its outputs and, for an output node, its ``ui``."""
+
+    values: tuple[Any, ...]
+    ui: dict[str, Any] | None
+
+
 class _Interrupted(Exception):
     pass
+
+
+class _ServerFault(Exception):
+    """A request ComfyUI's handler would crash on: answered 500 text/plain, as aiohttp does."""
 
 
 class _NodeFailure(Exception):
@@ -431,9 +482,23 @@ def _split_path(*pieces: str) -> list[str] | None:
 _ANNOTATION_RE = re.compile(r"^(.*?)\s*\[(input|output|temp)\]$")
 
 
-def _annotated(name: str, default_type: str) -> tuple[str, str]:
+def _annotated(name: str, default_type: str | None) -> tuple[str, str | None]:
+    """``x.png [output]`` → ``("x.png", "output")``; a name without the suffix keeps ``default_type``."""
     match = _ANNOTATION_RE.match(name)
     return (match.group(1), match.group(2)) if match else (name, default_type)
+
+
+def _inside(folder: str, subfolder: str) -> list[str] | None:
+    """The segments of ``subfolder`` of the ``folder`` type's folder once normalised, or None when it ends up
+    outside (an absolute path, ``..`` too far), as ComfyUI checks a subfolder of ``/view`` and ``/upload/image``.
+    The type folders sit side by side and are named after their type: ``../input`` is the input folder."""
+    if subfolder.startswith("/"):
+        return None
+    root = f"/{folder}"
+    path = posixpath.normpath(posixpath.join(root, subfolder))
+    if path != root and not path.startswith(root + "/"):
+        return None
+    return [part for part in path[len(root) :].split("/") if part]
 
 
 def _png(image: Image.Image, info: PngInfo | None = None) -> bytes:
@@ -510,16 +575,21 @@ class ComfyUIEmulator(LocalEmulator):
         self.inputs = self.files["input"]
         self.outputs = self.files["output"]
         self._accepted: list[EmulatedPrompt] = []
-        self._pending: list[tuple[int, int, EmulatedPrompt]] = []
+        self._pending: list[tuple[int | float, int, EmulatedPrompt]] = []
         self._sequence = itertools.count()
         self._number = 0
         self._running: EmulatedPrompt | None = None
-        self._current_node: str | None = None
+        self._last_node: str | None = None  # what a client reconnecting while its prompt runs is told
+        self._cache: dict[Any, _Cached] = {}  # by node key (``_node_keys``): the previous prompt's results
+        self._free_memory = False  # POST /free asked to empty the cache once the running prompt ended
         self._queue_cv = threading.Condition(self.lock)
+        # POST /interrupt: a sampler stops at its next step, any other node once it finished.
         self._interrupt = threading.Event()
+        # stop() / reset(): whatever runs stops at once.
+        self._halt = threading.Event()
         self._stopping = False
         self._executor: threading.Thread | None = None
-        self._sockets: dict[str, list[WebSocket]] = {}
+        self._sockets: dict[str, WebSocket] = {}  # one per client id, as in ComfyUI
         self._ws_lock = threading.Lock()  # serialises sends so every socket sees events in order
 
     # ---- life cycle ---------------------------------------------------------------------------------
@@ -535,6 +605,7 @@ class ComfyUIEmulator(LocalEmulator):
     def on_stop(self) -> None:
         with self._queue_cv:
             self._stopping = True
+            self._halt.set()
             self._interrupt.set()
             self._queue_cv.notify_all()
         if self._executor is not None:
@@ -542,13 +613,14 @@ class ComfyUIEmulator(LocalEmulator):
             self._executor = None
 
     def reset(self, timeout: float = 5.0) -> None:
-        """Start afresh without restarting the server: drop the queue, interrupt the running prompt, then forget
-        prompts, history, files and recorded requests (open WebSockets stay connected)."""
+        """Start afresh without restarting the server: drop the queue, stop the running prompt, then forget
+        prompts, history, the cache, files and recorded requests (open WebSockets stay connected)."""
         with self._queue_cv:
             for _, _, prompt in self._pending:
                 prompt.state = "deleted"
             self._pending.clear()
             if self._running is not None:
+                self._halt.set()
                 self._interrupt.set()
         deadline = time.monotonic() + timeout
         while self._running is not None and time.monotonic() < deadline:
@@ -558,6 +630,9 @@ class ComfyUIEmulator(LocalEmulator):
             self.history.clear()
             self._accepted.clear()
             self._number = 0
+            self._cache.clear()
+            self._free_memory = False
+            self._last_node = None
             for files in self.files.values():
                 files.clear()
             self.requests.clear()
@@ -603,67 +678,83 @@ class ComfyUIEmulator(LocalEmulator):
             ("GET", "/queue"): self._get_queue,
             ("POST", "/queue"): self._post_queue,
             ("POST", "/interrupt"): self._post_interrupt,
+            ("POST", "/free"): self._post_free,
             ("GET", "/system_stats"): self._get_system_stats,
             ("GET", "/object_info"): self._get_object_info,
-            ("GET", "/ws"): lambda _request: Reply.json({"error": "WebSocket upgrade expected"}, status=400),
+            ("GET", "/ws"): lambda _request: Reply.text(_NO_UPGRADE, 400, _TEXT),
             ("GET", "/"): lambda _request: Reply.text("<html><body>ComfyUI emulator</body></html>", 200, "text/html"),
         }
         handler = routes.get((method, path))
-        if handler is not None:
+        if handler is None and method == "GET" and path.startswith("/history/"):
+            prompt_id = path[len("/history/") :]
+            handler = lambda _request: self._get_history_item(prompt_id)  # noqa: E731
+        elif handler is None and method == "GET" and path.startswith("/object_info/"):
+            class_type = path[len("/object_info/") :]
+            handler = lambda request: self._get_object_info(request, class_type)  # noqa: E731
+        if handler is None:
+            # ComfyUI serves its web app under every other path, for GET only: other methods are not allowed
+            # anywhere, and a GET of a file that is not there (or of a POST-only route) is an empty 404.
+            if method == "GET":
+                return _empty(404)
+            return Reply.text("405: Method Not Allowed", 405, _TEXT)
+        try:
             return handler(request)
-        if method == "GET" and path.startswith("/history/"):
-            return self._get_history_item(path[len("/history/") :])
-        if method == "GET" and path.startswith("/object_info/"):
-            return self._get_object_info(request, path[len("/object_info/") :])
-        if any(route_path == path for _, route_path in routes):
-            return Reply.json({"error": "Method Not Allowed"}, status=405)
-        return Reply.json({"error": "Not Found"}, status=404)
+        except _ServerFault:
+            return Reply.text(_SERVER_ERROR, 500, _TEXT)
 
     @staticmethod
-    def _body_json(request: Request) -> Any:
-        if request.json is not None:
-            return request.json
-        if not request.body:
-            return None
+    def _json_body(request: Request) -> Any:
+        """The body as JSON whatever its Content-Type, as aiohttp's ``request.json()``; else a server fault."""
         try:
             return json.loads(request.body)
-        except ValueError:
-            return None
+        except ValueError as exc:  # not JSON, not UTF-8, or empty
+            raise _ServerFault() from exc
 
     # ---- POST /prompt and validation ----------------------------------------------------------------
 
     def _post_prompt(self, request: Request) -> Reply:
-        body = self._body_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("prompt"), dict):
-            return _invalid_prompt("No prompt provided" if isinstance(body, dict) else "Invalid JSON body")
+        body = self._json_body(request)
+        if not isinstance(body, dict | list | str):
+            raise _ServerFault()  # ComfyUI looks for keys with `in`, which a number or null cannot answer
+        with self.lock:
+            if isinstance(body, dict) and "number" in body:
+                try:
+                    number: int | float = float(body["number"])
+                except (TypeError, ValueError) as exc:
+                    raise _ServerFault() from exc
+            else:
+                # Every request takes a number, refused ones included.
+                number = self._number
+                if isinstance(body, dict) and body.get("front"):
+                    number = -number
+                self._number += 1
+        if not isinstance(body, dict) or "prompt" not in body:
+            error = _error("no_prompt", "No prompt provided", "No prompt provided")
+            return _json({"error": error, "node_errors": {}}, 400)
         graph = copy.deepcopy(body["prompt"])
-        prompt_id = body.get("prompt_id")
-        if prompt_id is not None and (not isinstance(prompt_id, str) or not prompt_id):
-            return _invalid_prompt("prompt_id must be a non-empty string")
-        client_id = body.get("client_id")
-        if client_id is not None and not isinstance(client_id, str):
-            client_id = str(client_id)
-        extra_data = dict(body["extra_data"]) if isinstance(body.get("extra_data"), dict) else {}
-        if client_id is not None:
-            extra_data["client_id"] = client_id
-
+        prompt_id = str(body["prompt_id"]) if "prompt_id" in body else str(uuid.uuid4())
         error, good_outputs, node_errors, inputs = self._validate(graph)
+        extra_data = copy.deepcopy(body.get("extra_data", {}))
+        if "client_id" in body:
+            if not isinstance(extra_data, dict):
+                raise _ServerFault()
+            extra_data["client_id"] = body["client_id"]
         if error is not None:
-            return Reply.json({"error": error, "node_errors": node_errors}, status=400)
+            return _json({"error": error, "node_errors": node_errors}, 400)
 
         strings = [
-            value for node in graph.values() for value in (node.get("inputs") or {}).values() if isinstance(value, str)
+            value
+            for node in graph.values()
+            if isinstance(node.get("inputs"), dict)
+            for value in node["inputs"].values()
+            if isinstance(value, str)
         ]
         with self._queue_cv:
-            number = self._number
-            self._number += 1
-            if body.get("front"):
-                number = -number
             prompt = EmulatedPrompt(
-                prompt_id=prompt_id or str(uuid.uuid4()),
+                prompt_id=prompt_id,
                 number=number,
                 graph=graph,
-                client_id=client_id,
+                client_id=extra_data.get("client_id") if isinstance(extra_data, dict) else None,
                 extra_data=extra_data,
                 outputs_to_execute=good_outputs,
                 node_errors=node_errors,
@@ -672,31 +763,40 @@ class ComfyUIEmulator(LocalEmulator):
                 inputs=inputs,
                 created=time.time(),
             )
-            self.prompts[prompt.prompt_id] = prompt
+            self.prompts[prompt.prompt_id] = prompt  # a repeated prompt_id runs again; the latest is kept
             self._accepted.append(prompt)
             heapq.heappush(self._pending, (number, next(self._sequence), prompt))
             self._queue_cv.notify_all()
         self._broadcast_status()
-        return Reply.json({"prompt_id": prompt.prompt_id, "number": number, "node_errors": node_errors})
+        return _json({"prompt_id": prompt.prompt_id, "number": number, "node_errors": node_errors})
 
     def _validate(
-        self, graph: dict[str, Any]
+        self, graph: Any
     ) -> tuple[dict[str, Any] | None, list[str], dict[str, Any], dict[str, dict[str, Any]]]:
-        """``(error or None, valid output ids, node_errors, converted inputs by node)``."""
+        """``(error or None, valid output ids, node_errors, converted inputs by node)``; ``_ServerFault`` for a
+        graph ComfyUI's validation would crash on."""
+        if not isinstance(graph, dict):
+            if isinstance(graph, list | str) and not graph:
+                return _error("prompt_no_outputs", "Prompt has no outputs"), [], {}, {}
+            raise _ServerFault()
         outputs: list[str] = []
         for node_id, node in graph.items():
-            if not isinstance(node, dict) or "class_type" not in node:
+            if not isinstance(node, dict | list | str):
+                raise _ServerFault()
+            if "class_type" not in node:
                 message = "Cannot execute because a node is missing the class_type property."
                 return _error("invalid_prompt", message, f"Node ID '#{node_id}'"), [], {}, {}
+            if not isinstance(node, dict):
+                raise _ServerFault()
             class_type = node["class_type"]
-            if not isinstance(class_type, str) or class_type not in NODE_TYPES:
+            try:
+                node_type = NODE_TYPES.get(class_type)
+            except TypeError as exc:  # an unhashable class_type
+                raise _ServerFault() from exc
+            if node_type is None:
                 message = f"Cannot execute because node {class_type} does not exist."
-                extra = {"node_id": node_id, "class_type": class_type, "node_title": class_type}
-                return _error("missing_node_type", message, f"Node ID '#{node_id}'", extra), [], {}, {}
-            if node.get("inputs") is not None and not isinstance(node["inputs"], dict):
-                message = "Cannot execute because a node has malformed inputs."
                 return _error("invalid_prompt", message, f"Node ID '#{node_id}'"), [], {}, {}
-            if NODE_TYPES[class_type].output_node:
+            if node_type.output_node:
                 outputs.append(node_id)
         if not outputs:
             return _error("prompt_no_outputs", "Prompt has no outputs"), [], {}, {}
@@ -707,14 +807,28 @@ class ComfyUIEmulator(LocalEmulator):
         own_errors: list[dict[str, Any]] = []
         node_errors: dict[str, Any] = {}
         for output in sorted(outputs, key=_natural):
-            if self._validate_node(graph, output, validated, converted, set()):
+            try:
+                valid = self._validate_node(graph, output, validated, converted, ())
+            except _VALIDATION_CRASHES as exc:
+                reasons = [
+                    {
+                        "type": "exception_during_validation",
+                        "message": "Exception when validating node",
+                        "details": str(exc),
+                        "extra_info": {"exception_type": _type_name(exc), "traceback": _validation_traceback()},
+                    }
+                ]
+                validated[output] = (False, reasons)
+                valid = False
+            if valid:
                 good.append(output)
                 continue
             own_errors += validated[output][1]
-            for node_id in _ancestors(graph, output):
-                valid, reasons = validated.get(node_id, (True, []))
-                if valid or not reasons:
-                    continue  # downstream of a failing node: invalid, but without errors of its own
+            # As ComfyUI: every node validated so far that has errors of its own counts this output as
+            # dependent (nodes invalid only through an upstream node carry no errors).
+            for node_id, (ok, reasons) in validated.items():
+                if ok or not reasons:
+                    continue
                 entry = node_errors.setdefault(
                     node_id,
                     {"errors": reasons, "dependent_outputs": [], "class_type": graph[node_id]["class_type"]},
@@ -732,169 +846,115 @@ class ComfyUIEmulator(LocalEmulator):
         node_id: str,
         validated: dict[str, tuple[bool, list[dict[str, Any]]]],
         converted: dict[str, dict[str, Any]],
-        visiting: set[str],
+        path: tuple[str, ...],
     ) -> bool:
+        """Whether ``node_id`` and everything it links to is valid; its errors go to ``validated``.
+
+        A link to a missing node or output, or a node without ``inputs``, raises (KeyError, IndexError,
+        TypeError) as it does in ComfyUI: the node linking to it reports the exception. A cycle raises
+        RecursionError, as ComfyUI's recursion ends in one.
+        """
         if node_id in validated:
             return validated[node_id][0]
+        if node_id in path:
+            raise RecursionError("maximum recursion depth exceeded")
         node = graph[node_id]
         node_type = NODE_TYPES[node["class_type"]]
-        given = node.get("inputs") or {}
+        given = node["inputs"]
+        if not isinstance(given, dict):
+            raise TypeError(f"{type(given).__name__} indices must be integers or slices, not str")
         errors: list[dict[str, Any]] = []
+        custom_errors: list[dict[str, Any]] = []  # LoadImage's own check, reported after the others
         valid = True
         values: dict[str, Any] = {}
-        visiting.add(node_id)
         specs = [(name, spec, True) for name, spec in node_type.required.items()]
         specs += [(name, spec, False) for name, spec in node_type.optional.items()]
         for name, (kind, config), required in specs:
             if name not in given:
                 if required:
                     errors.append(
-                        {
-                            "type": "required_input_missing",
-                            "message": "Required input is missing",
-                            "details": name,
-                            "extra_info": {"input_name": name},
-                        }
+                        _error("required_input_missing", "Required input is missing", name, {"input_name": name})
                     )
                 continue
             value = given[name]
+            input_config = [self._input_files() if kind == _INPUT_FILES else kind, config]
             if isinstance(value, list):
-                problem = self._check_link(graph, name, kind, value)
-                if problem is not None:
-                    errors.append(problem)
+                if len(value) != 2:
+                    message = "Bad linked input, must be a length-2 list of [node_id, slot_index]"
+                    extra = {"input_name": name, "input_config": input_config, "received_value": value}
+                    errors.append(_error("bad_linked_input", message, name, extra))
                     continue
-                target = value[0]
-                if target in visiting:
+                target, slot = value
+                received = NODE_TYPES[graph[target]["class_type"]].outputs[slot]
+                expected = "COMBO" if isinstance(kind, list) or kind == _INPUT_FILES else kind
+                if received != expected and "*" not in (received, expected):
+                    details = f"{name}, received_type({received}) mismatch input_type({expected})"
+                    extra = {
+                        "input_name": name,
+                        "input_config": input_config,
+                        "received_type": received,
+                        "linked_node": value,
+                    }
                     errors.append(
-                        {
-                            "type": "dependency_cycle",
-                            "message": "Dependency cycle detected",
-                            "details": f"{name}, node '{target}' depends on node '{node_id}'",
-                            "extra_info": {"input_name": name, "linked_node": value},
-                        }
+                        _error("return_type_mismatch", "Return type mismatch between linked nodes", details, extra)
                     )
                     continue
-                if not self._validate_node(graph, target, validated, converted, visiting):
+                try:
+                    if not self._validate_node(graph, target, validated, converted, (*path, node_id)):
+                        valid = False
+                        continue
+                except _VALIDATION_CRASHES as exc:
                     valid = False
-                values[name] = (target, value[1])
+                    extra = {
+                        "input_name": name,
+                        "input_config": input_config,
+                        "exception_message": str(exc),
+                        "exception_type": _type_name(exc),
+                        "traceback": _validation_traceback(),
+                        "linked_node": value,
+                    }
+                    message = "Exception when validating inner node"
+                    validated[target] = (False, [_error("exception_during_inner_validation", message, str(exc), extra)])
+                    continue
+                values[name] = (target, slot)
                 continue
             if isinstance(value, dict) and "__value__" in value:
                 value = value["__value__"]
-            problem, value = self._check_value(name, kind, config, value)
+            if kind == _INPUT_FILES:
+                if isinstance(value, str) and self._find_file(value, "input") is not None:
+                    values[name] = value
+                else:
+                    details = f"{name} - Invalid image file: {value}"
+                    message = "Custom validation failed for node"
+                    custom_errors.append(_error("custom_validation_failed", message, details, {"input_name": name}))
+                continue
+            problem, value = _check_widget(name, kind, config, input_config, value)
             if problem is not None:
                 errors.append(problem)
                 continue
             values[name] = value
-        visiting.discard(node_id)
+        errors += custom_errors
         ok = valid and not errors
         validated[node_id] = (ok, errors)
         converted[node_id] = values
         return ok
 
-    @staticmethod
-    def _check_link(graph: dict[str, Any], name: str, kind: Any, value: list[Any]) -> dict[str, Any] | None:
-        extra = {"input_name": name, "received_value": value}
-        if len(value) != 2 or not isinstance(value[1], int) or isinstance(value[1], bool):
-            return {
-                "type": "bad_linked_input",
-                "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                "details": name,
-                "extra_info": extra,
-            }
-        target, slot = value
-        if not isinstance(target, str) or target not in graph:
-            return {
-                "type": "bad_linked_input",
-                "message": "Bad linked input, the linked node does not exist",
-                "details": f"{name}, node '{target}' not found",
-                "extra_info": extra,
-            }
-        returns = NODE_TYPES[graph[target]["class_type"]].outputs
-        if not 0 <= slot < len(returns):
-            return {
-                "type": "bad_linked_input",
-                "message": "Bad linked input, the linked node has no such output",
-                "details": f"{name}, output {slot} of node '{target}' ({len(returns)} outputs)",
-                "extra_info": extra,
-            }
-        received = returns[slot]
-        expected = "COMBO" if isinstance(kind, list) or kind == _INPUT_FILES else kind
-        if received != expected and "*" not in (received, expected):
-            return {
-                "type": "return_type_mismatch",
-                "message": "Return type mismatch between linked nodes",
-                "details": f"{name}, received_type({received}) mismatch input_type({expected})",
-                "extra_info": {**extra, "linked_node": value},
-            }
-        return None
-
-    def _check_value(self, name: str, kind: Any, config: dict[str, Any], value: Any) -> tuple[dict | None, Any]:
-        extra = {"input_name": name, "input_config": config or None, "received_value": value}
-        if kind == _INPUT_FILES:
-            if isinstance(value, str) and self._find_file(value, "input") is not None:
-                return None, value
-            return {
-                "type": "value_not_in_list",
-                "message": "Value not in list",
-                "details": f"{name} - Invalid image file: {value}",
-                "extra_info": extra,
-            }, value
-        if isinstance(kind, list):
-            if isinstance(value, str) and value in kind:
-                return None, value
-            return {
-                "type": "value_not_in_list",
-                "message": "Value not in list",
-                "details": f"{name}: '{value}' not in {kind}",
-                "extra_info": {**extra, "input_config": [kind, config]},
-            }, value
-        reason = None
-        if kind == "INT" and (not isinstance(value, int) or isinstance(value, bool)):
-            reason = "an integer is required"
-        elif kind == "FLOAT":
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                reason = "a finite number is required"
-        elif kind == "STRING":
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                value = str(value)
-            elif not isinstance(value, str):
-                reason = "a string is required"
-        elif kind == "BOOLEAN" and not isinstance(value, bool):
-            reason = "true or false is required"
-        if reason is not None:
-            return {
-                "type": "invalid_input_type",
-                "message": f"Failed to convert an input value to a {kind} value",
-                "details": f"{name}, {value!r}, {reason}",
-                "extra_info": extra,
-            }, value
-        if "min" in config and value < config["min"]:
-            return {
-                "type": "value_smaller_than_min",
-                "message": f"Value {value} smaller than min of {config['min']}",
-                "details": f"{name}, {value} < {config['min']}",
-                "extra_info": extra,
-            }, value
-        if "max" in config and value > config["max"]:
-            return {
-                "type": "value_bigger_than_max",
-                "message": f"Value {value} bigger than max of {config['max']}",
-                "details": f"{name}, {value} > {config['max']}",
-                "extra_info": extra,
-            }, value
-        return None, value
+    def _input_files(self) -> list[str]:
+        """LoadImage's choices: the files of the input folder (not of its subfolders)."""
+        with self.lock:
+            return sorted(key for key in self.inputs if "/" not in key)
 
     # ---- other routes -------------------------------------------------------------------------------
 
     def _get_prompt(self, request: Request) -> Reply:
-        return Reply.json({"exec_info": {"queue_remaining": self.queue_remaining()}})
+        return _json({"exec_info": {"queue_remaining": self.queue_remaining()}})
 
     def _get_history(self, request: Request) -> Reply:
         try:
-            max_items = int(request.query["max_items"]) if request.query.get("max_items") else None
-            offset = int(request.query.get("offset") or -1)
-        except ValueError:
-            return Reply.json({"error": "max_items and offset must be integers"}, status=400)
+            max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+            offset = int(request.query.get("offset", -1))
+        except ValueError as exc:
+            raise _ServerFault() from exc
         with self.lock:
             items = list(self.history.items())
             if offset < 0 and max_items is not None:
@@ -902,7 +962,7 @@ class ComfyUIEmulator(LocalEmulator):
             items = items[max(0, offset) :]
             if max_items is not None:
                 items = items[:max_items]
-            return Reply.json(copy.deepcopy(dict(items)))
+            return _json(copy.deepcopy(dict(items)))
 
     def _get_history_item(self, prompt_id: str) -> Reply:
         with self.lock:
@@ -910,18 +970,21 @@ class ComfyUIEmulator(LocalEmulator):
             prompt = self.prompts.get(prompt_id)
             body = json.dumps({prompt_id: entry} if entry is not None else {}).encode()
         if entry is not None and prompt is not None and "malformed" in prompt.directives:
-            return Reply(status=200, body=body[: len(body) // 2])
-        return Reply(status=200, body=body)
+            return Reply(status=200, body=body[: len(body) // 2], content_type=_JSON)
+        return Reply(status=200, body=body, content_type=_JSON)
 
     def _post_history(self, request: Request) -> Reply:
-        body = self._body_json(request)
-        with self.lock:
-            if isinstance(body, dict) and body.get("clear"):
-                self.history.clear()
-            if isinstance(body, dict) and isinstance(body.get("delete"), list):
-                for prompt_id in body["delete"]:
-                    self.history.pop(str(prompt_id), None)
-        return Reply(status=200, content_type="application/octet-stream")
+        body = self._json_body(request)
+        try:
+            with self.lock:
+                if "clear" in body and body["clear"]:
+                    self.history.clear()
+                if "delete" in body:
+                    for prompt_id in body["delete"]:
+                        self.history.pop(prompt_id, None)
+        except TypeError as exc:  # a body or a list ComfyUI cannot look into
+            raise _ServerFault() from exc
+        return _empty(200)
 
     def _find_file(self, name: str, folder: str, subfolder: str = "") -> tuple[str, str] | None:
         """``(folder type, key)`` of a stored file named like ComfyUI does (``sub/x.png``, ``x.png [output]``)."""
@@ -934,39 +997,44 @@ class ComfyUIEmulator(LocalEmulator):
             return (folder, key) if key in self.files[folder] else None
 
     def _get_view(self, request: Request) -> Reply:
-        filename = request.query.get("filename", "")
-        if not filename:
-            return Reply.json({"error": "filename is required"}, status=400)
-        filename, folder = _annotated(filename, request.query.get("type") or "output")
+        query = request.query
+        if "filename" not in query:
+            return _empty(404)
+        filename, folder = _annotated(query["filename"], None)
+        if not filename or filename.startswith("/") or ".." in filename:
+            return _empty(400)
+        folder = folder or query.get("type", "output")
         if folder not in FOLDER_TYPES:
-            return Reply.json({"error": f"invalid type {folder!r}"}, status=400)
-        parts = _split_path(request.query.get("subfolder", ""), filename)
-        if parts is None:
-            return Reply.json({"error": "path escapes the folder"}, status=403)
-        key = "/".join(parts)
+            return _empty(400)
+        parts: list[str] | None = []
+        if "subfolder" in query:
+            parts = _inside(folder, query["subfolder"])
+            if parts is None:
+                return _empty(403)
+        name = filename.rsplit("/", 1)[-1]  # ComfyUI keeps only the file name of a path
         with self.lock:
-            data = self.files[folder].get(key)
+            data = self.files[folder].get("/".join([*parts, name]))
         if data is None:
-            return Reply.json({"error": "Not Found"}, status=404)
-        content_type = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+            return _empty(404)
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return Reply(
-            status=200, body=data, content_type=content_type, headers={"Content-Disposition": f'filename="{parts[-1]}"'}
+            status=200, body=data, content_type=content_type, headers={"Content-Disposition": f'filename="{name}"'}
         )
 
     def _post_upload(self, request: Request) -> Reply:
+        folder = request.form.get("type", "input")
+        if folder not in FOLDER_TYPES or "image" in request.form:
+            raise _ServerFault()  # ComfyUI has no folder for that type; an "image" field that is no file
         image = request.files.get("image")
-        if image is None or not image.filename:
-            return Reply.json({"error": "an 'image' file part is required"}, status=400)
-        folder = request.form.get("type") or "input"
-        if folder not in FOLDER_TYPES:
-            return Reply.json({"error": f"invalid type {folder!r}"}, status=400)
-        subfolder = request.form.get("subfolder", "")
+        if image is None:
+            return _empty(400)
         filename = image.filename
-        if "/" in filename or filename in (".", ".."):
-            return Reply.json({"error": "invalid filename"}, status=400)
-        folder_parts = _split_path(subfolder)
-        if folder_parts is None or _split_path(filename) is None:
-            return Reply.json({"error": "path escapes the folder"}, status=400)
+        if not filename or "/" in filename or filename == ".":
+            raise _ServerFault()  # aiohttp takes a part without a name for a text field; no such folder
+        subfolder = request.form.get("subfolder", "")
+        folder_parts = _inside(folder, subfolder)
+        if folder_parts is None or filename == "..":
+            return _empty(400)
         overwrite = request.form.get("overwrite") in ("true", "1")
         stem, ext = os.path.splitext(filename)
         with self.lock:
@@ -979,44 +1047,63 @@ class ComfyUIEmulator(LocalEmulator):
                     filename = f"{stem} ({number}){ext}"
                     key = "/".join([*folder_parts, filename])
             files[key] = image.content
-        return Reply.json({"name": filename, "subfolder": subfolder, "type": folder})
+        return _json({"name": filename, "subfolder": subfolder, "type": folder})
 
     def _get_queue(self, request: Request) -> Reply:
         with self.lock:
             running = [self._running.queue_item] if self._running is not None else []
-            pending = [prompt.queue_item for _, _, prompt in sorted(self._pending)]
-            return Reply.json(copy.deepcopy({"queue_running": running, "queue_pending": pending}))
+            pending = [prompt.queue_item for _, _, prompt in sorted(self._pending, key=lambda entry: entry[:2])]
+            return _json(copy.deepcopy({"queue_running": running, "queue_pending": pending}))
 
     def _post_queue(self, request: Request) -> Reply:
-        body = self._body_json(request)
-        if not isinstance(body, dict):
-            body = {}
+        body = self._json_body(request)
+        try:
+            with self.lock:
+                doomed: list[Any] = []
+                if "clear" in body and body["clear"]:
+                    doomed = [prompt.prompt_id for _, _, prompt in self._pending]
+                if "delete" in body:
+                    doomed += list(body["delete"])
+                kept = []
+                for entry in self._pending:
+                    if entry[2].prompt_id in doomed:
+                        entry[2].state = "deleted"
+                    else:
+                        kept.append(entry)
+        except TypeError as exc:  # a body or a list ComfyUI cannot look into
+            raise _ServerFault() from exc
         with self.lock:
-            doomed = set()
-            if body.get("clear"):
-                doomed = {prompt.prompt_id for _, _, prompt in self._pending}
-            if isinstance(body.get("delete"), list):
-                doomed |= {str(prompt_id) for prompt_id in body["delete"]}
-            kept = []
-            for entry in self._pending:
-                if entry[2].prompt_id in doomed:
-                    entry[2].state = "deleted"
-                else:
-                    kept.append(entry)
             changed = len(kept) != len(self._pending)
             heapq.heapify(kept)
             self._pending = kept
         if changed:
             self._broadcast_status()
-        return Reply(status=200, content_type="application/octet-stream")
+        return _empty(200)
 
     def _post_interrupt(self, request: Request) -> Reply:
-        body = self._body_json(request)
-        wanted = body.get("prompt_id") if isinstance(body, dict) else None
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            body = {}  # ComfyUI reads this body leniently: anything unreadable interrupts whatever runs
+        if not isinstance(body, dict):
+            raise _ServerFault()
+        wanted = body.get("prompt_id")
         with self.lock:
-            if self._running is not None and (wanted is None or wanted == self._running.prompt_id):
+            if self._running is not None and (not wanted or wanted == self._running.prompt_id):
                 self._interrupt.set()
-        return Reply(status=200, content_type="application/octet-stream")
+        return _empty(200)
+
+    def _post_free(self, request: Request) -> Reply:
+        body = self._json_body(request)
+        if not isinstance(body, dict):
+            raise _ServerFault()
+        if body.get("free_memory"):
+            with self.lock:
+                if self._running is None:
+                    self._cache.clear()
+                else:
+                    self._free_memory = True
+        return _empty(200)
 
     def _get_system_stats(self, request: Request) -> Reply:
         try:
@@ -1025,28 +1112,31 @@ class ComfyUIEmulator(LocalEmulator):
             ram_free = os.sysconf("SC_AVPHYS_PAGES") * page
         except (ValueError, OSError, AttributeError):
             ram_total = ram_free = 0
-        return Reply.json(
+        return _json(
             {
                 "system": {
                     "os": os.name,
-                    "python_version": sys.version,
-                    "comfyui_version": COMFYUI_VERSION,
-                    "embedded_python": False,
-                    "pytorch_version": "2.8.0+cpu",
-                    "argv": ["main.py", "--cpu"],
                     "ram_total": ram_total,
                     "ram_free": ram_free,
-                    "platform": platform.platform(),
+                    "comfyui_version": COMFYUI_VERSION,
+                    "required_frontend_version": _FRONTEND_VERSION,
+                    "installed_templates_version": _TEMPLATES_VERSION,
+                    "required_templates_version": _TEMPLATES_VERSION,
+                    "python_version": sys.version,
+                    "pytorch_version": "2.8.0+cpu",
+                    "embedded_python": False,
+                    "argv": ["main.py", "--cpu"],
                 },
+                # On a CPU ComfyUI reports the RAM as the device's memory.
                 "devices": [
                     {
                         "name": "cpu",
                         "type": "cpu",
                         "index": None,
-                        "vram_total": 0,
-                        "vram_free": 0,
-                        "torch_vram_total": 0,
-                        "torch_vram_free": 0,
+                        "vram_total": ram_total,
+                        "vram_free": ram_free,
+                        "torch_vram_total": ram_total,
+                        "torch_vram_free": ram_free,
                     }
                 ],
             }
@@ -1055,16 +1145,15 @@ class ComfyUIEmulator(LocalEmulator):
     def _get_object_info(self, request: Request, class_type: str | None = None) -> Reply:
         if class_type is not None:
             node_type = NODE_TYPES.get(class_type)
-            return Reply.json({class_type: self._describe(node_type)} if node_type else {})
-        return Reply.json({name: self._describe(node_type) for name, node_type in NODE_TYPES.items()})
+            return _json({class_type: self._describe(node_type)} if node_type else {})
+        return _json({name: self._describe(node_type) for name, node_type in NODE_TYPES.items()})
 
     def _describe(self, node_type: NodeType) -> dict[str, Any]:
         def render(inputs: dict[str, tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
             rendered = {}
             for name, (kind, config) in inputs.items():
                 if kind == _INPUT_FILES:
-                    with self.lock:
-                        kind = sorted(key for key in self.inputs if "/" not in key)
+                    kind = self._input_files()
                 rendered[name] = [kind, config] if config else [kind]
             return rendered
 
@@ -1092,8 +1181,8 @@ class ComfyUIEmulator(LocalEmulator):
         # Registered and greeted under the send lock: no event can overtake the greeting.
         with self._ws_lock:
             with self.lock:
-                self._sockets.setdefault(sid, []).append(websocket)
-                running, node = self._running, self._current_node
+                self._sockets[sid] = websocket  # a newer socket of the same client takes its events over
+                running, node = self._running, self._last_node
             websocket.send_json(
                 {
                     "type": "status",
@@ -1106,44 +1195,44 @@ class ComfyUIEmulator(LocalEmulator):
                 and running.client_id == sid
                 and "nows" not in running.directives
             ):
-                websocket.send_json(
-                    {"type": "executing", "data": {"node": node, "display_node": node, "prompt_id": running.prompt_id}}
-                )
+                # ComfyUI's greeting of a client whose prompt runs: the node only, without prompt_id.
+                websocket.send_json({"type": "executing", "data": {"node": node}})
         try:
             websocket.wait_closed()
         finally:
             with self.lock:
-                sockets = self._sockets.get(sid, [])
-                if websocket in sockets:
-                    sockets.remove(websocket)
-                if not sockets:
-                    self._sockets.pop(sid, None)
+                # As ComfyUI: the client id is forgotten when any of its sockets closes, a replaced one too.
+                self._sockets.pop(sid, None)
 
     def _send(self, sockets: list[WebSocket], message: dict[str, Any]) -> None:
         for websocket in sockets:
             if not websocket.send_json(message):
                 with self.lock:
                     for sid, registered in list(self._sockets.items()):
-                        if websocket in registered:
-                            registered.remove(websocket)
-                            if not registered:
-                                del self._sockets[sid]
+                        if registered is websocket:
+                            del self._sockets[sid]
 
     def _emit(self, prompt: EmulatedPrompt, event: str, data: dict[str, Any]) -> None:
+        """Record an event of ``prompt`` and send it where ComfyUI would: to the prompt's client, or for a
+        prompt without one, a few kinds (``_BROADCAST_EVENTS``) to every socket and the others nowhere."""
         with self.lock:
             prompt.events.append((event, data))
-        if prompt.client_id is None or "nows" in prompt.directives:
+        if "nows" in prompt.directives:
             return
         with self._ws_lock:
             with self.lock:
-                sockets = list(self._sockets.get(prompt.client_id, []))
+                if prompt.client_id is None:
+                    sockets = list(self._sockets.values()) if event in _BROADCAST_EVENTS else []
+                else:
+                    client = self._sockets.get(prompt.client_id) if isinstance(prompt.client_id, str) else None
+                    sockets = [client] if client is not None else []
             self._send(sockets, {"type": event, "data": data})
 
     def _broadcast_status(self) -> None:
         message = {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}}}
         with self._ws_lock:
             with self.lock:
-                sockets = [websocket for registered in self._sockets.values() for websocket in registered]
+                sockets = list(self._sockets.values())
             self._send(sockets, message)
 
     # ---- execution ----------------------------------------------------------------------------------
@@ -1160,6 +1249,8 @@ class ComfyUIEmulator(LocalEmulator):
                 prompt.started = time.time()
                 self._running = prompt
                 self._interrupt.clear()
+                self._halt.clear()
+            self._broadcast_status()  # ComfyUI tells the queue again when its worker takes a prompt
             try:
                 self._execute(prompt)
             except Exception:  # noqa: BLE001 - a bug in the emulator must not kill the executor
@@ -1170,90 +1261,166 @@ class ComfyUIEmulator(LocalEmulator):
             finally:
                 with self.lock:
                     self._running = None
-                    self._current_node = None
+                    self._last_node = None
 
-    def _message(self, prompt: EmulatedPrompt, event: str, data: dict[str, Any], *, send: bool = True) -> None:
+    def _message(self, prompt: EmulatedPrompt, event: str, data: dict[str, Any]) -> None:
         """A message that also goes into the history's ``status.messages``, as ComfyUI's ``add_message``."""
         data = {**data, "timestamp": _now_ms()}
         with self.lock:
             prompt.messages.append([event, data])
-        if send:
-            self._emit(prompt, event, data)
+        self._emit(prompt, event, data)
 
-    def _pause(self, seconds: float) -> None:
-        if self._interrupt.wait(max(0.0, seconds)):
+    def _pause(self, seconds: float, *, interruptible: bool) -> None:
+        """Let a node's share of the time pass: a sampler (``interruptible``) stops at an interrupt, every node
+        when the emulator stops or resets."""
+        if (self._interrupt if interruptible else self._halt).wait(max(0.0, seconds)):
             raise _Interrupted()
 
+    def _node_keys(self, prompt: EmulatedPrompt) -> dict[str, Any]:
+        """A key per node to run, equal for nodes that compute the same thing: the class, the inputs, the keys
+        of the linked nodes (not their ids) and, for LoadImage, the file's content, as ComfyUI's cache key."""
+        keys: dict[str, Any] = {}
+
+        def key(node_id: str) -> Any:
+            if node_id not in keys:
+                class_type = prompt.graph[node_id]["class_type"]
+                parts: list[tuple[Any, ...]] = []
+                for name, value in sorted(prompt.inputs[node_id].items()):
+                    if isinstance(value, tuple):
+                        parts.append((name, key(value[0]), value[1]))
+                    else:
+                        parts.append((name, json.dumps(value, sort_keys=True)))
+                if class_type == "LoadImage":
+                    parts.append(("content", self._file_digest(prompt.inputs[node_id]["image"])))
+                keys[node_id] = (class_type, tuple(parts))
+            return keys[node_id]
+
+        for node_id in prompt.order:
+            key(node_id)
+        return keys
+
+    def _file_digest(self, name: str) -> str | None:
+        found = self._find_file(name, "input")
+        if found is None:
+            return None
+        with self.lock:
+            return hashlib.sha256(self.files[found[0]][found[1]]).hexdigest()
+
+    def _progress_state(
+        self,
+        prompt: EmulatedPrompt,
+        states: dict[str, dict[str, Any]],
+        node_id: str,
+        value: float,
+        most: float,
+        state: str,
+    ) -> None:
+        """Update one node's progress and send every started node's, as ComfyUI's ``progress_state``."""
+        states[node_id] = {"value": value, "max": most, "state": state}
+        nodes = {
+            name: {
+                **entry,
+                "node_id": name,
+                "prompt_id": prompt.prompt_id,
+                "display_node_id": name,
+                "parent_node_id": None,
+                "real_node_id": name,
+            }
+            for name, entry in states.items()
+        }
+        self._emit(prompt, "progress_state", {"prompt_id": prompt.prompt_id, "nodes": nodes})
+
+    def _report_output(self, prompt: EmulatedPrompt, node_id: str, ui: dict[str, Any]) -> None:
+        with self.lock:
+            prompt.outputs[node_id] = ui
+        self._emit(
+            prompt, "executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt.prompt_id}
+        )
+
     def _execute(self, prompt: EmulatedPrompt) -> None:
-        directives = prompt.directives
+        graph, order, directives = prompt.graph, prompt.order, prompt.directives
+        keys = self._node_keys(prompt)
+        with self.lock:
+            # The cache keeps what the previous prompt computed, as far as this one can use it.
+            wanted = set(keys.values())
+            self._cache = {key: entry for key, entry in self._cache.items() if key in wanted}
+            cached = {node_id: self._cache[keys[node_id]] for node_id in order if keys[node_id] in self._cache}
+        to_run = [node_id for node_id in order if node_id not in cached]
         slow = slow_seconds(directives)
         duration = self.task_seconds if slow is None else slow
-        graph, order = prompt.graph, prompt.order
-        samplers = [node_id for node_id in order if graph[node_id]["class_type"] == "KSampler"]
+        samplers = [node_id for node_id in to_run if graph[node_id]["class_type"] == "KSampler"]
         if samplers:
             sampler_share = duration * 0.8 / len(samplers)
-            other_share = duration * 0.2 / max(1, len(order) - len(samplers))
+            other_share = duration * 0.2 / max(1, len(to_run) - len(samplers))
         else:
-            sampler_share = other_share = duration / max(1, len(order))
+            sampler_share = other_share = duration / max(1, len(to_run))
         failure = next((kind for kind in ("oom", "fail") if kind in directives), None)
-        failing_node = (samplers or order)[0] if failure else None
+        failing_node = (samplers or to_run)[0] if failure and to_run else None
 
         self._message(prompt, "execution_start", {"prompt_id": prompt.prompt_id})
-        self._message(prompt, "execution_cached", {"nodes": [], "prompt_id": prompt.prompt_id})
+        cached_nodes = [node_id for node_id in graph if node_id in cached]
+        self._message(prompt, "execution_cached", {"nodes": cached_nodes, "prompt_id": prompt.prompt_id})
         values: dict[str, tuple[Any, ...]] = {}
         executed: list[str] = []
+        states: dict[str, dict[str, Any]] = {}
         node_id = order[0]
         outcome: tuple[str, dict[str, Any]]
         try:
             for node_id in order:
-                if self._interrupt.is_set():
-                    raise _Interrupted()
                 class_type = graph[node_id]["class_type"]
-                with self.lock:
-                    self._current_node = node_id
+                node_type = NODE_TYPES[class_type]
+                if node_id in cached:
+                    values[node_id] = cached[node_id].values
+                    if cached[node_id].ui is not None:  # an output node tells its earlier output again
+                        self._report_output(prompt, node_id, cached[node_id].ui)
+                        self._progress_state(prompt, states, node_id, 1, 1, "finished")
+                    continue
+                self._progress_state(prompt, states, node_id, 0.0, 1.0, "running")
+                if prompt.client_id is not None:
+                    with self.lock:
+                        self._last_node = node_id
                 self._emit(
                     prompt, "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt.prompt_id}
                 )
+                if self._interrupt.is_set():  # ComfyUI looks for an interrupt as a node starts
+                    raise _Interrupted()
+                sampler = class_type == "KSampler"
                 if node_id == failing_node:
-                    self._pause((sampler_share if class_type == "KSampler" else other_share) / 2)
+                    self._pause((sampler_share if sampler else other_share) / 2, interruptible=sampler)
                     if failure == "oom":
                         raise _NodeFailure(_OOM_TYPE, OOM_MESSAGE)
                     raise _NodeFailure("RuntimeError", FAILURE_MESSAGE)
-                if class_type == "KSampler":
+                if sampler:
                     steps = prompt.inputs[node_id]["steps"]
                     count = max(1, min(steps, _PROGRESS_EVENTS))
                     for index in range(1, count + 1):
-                        self._pause(sampler_share / count)
+                        self._pause(sampler_share / count, interruptible=True)
+                        value = round(steps * index / count)
+                        self._progress_state(prompt, states, node_id, value, steps, "running")
                         self._emit(
                             prompt,
                             "progress",
-                            {
-                                "value": round(steps * index / count),
-                                "max": steps,
-                                "prompt_id": prompt.prompt_id,
-                                "node": node_id,
-                            },
+                            {"value": value, "max": steps, "prompt_id": prompt.prompt_id, "node": node_id},
                         )
                 else:
-                    self._pause(other_share)
+                    self._pause(other_share, interruptible=False)
                 inputs = {
                     name: values[value[0]][value[1]] if isinstance(value, tuple) else value
                     for name, value in prompt.inputs[node_id].items()
                 }
                 result = self._run_node(prompt, class_type, inputs)
-                if NODE_TYPES[class_type].output_node:
+                ui = None
+                if node_type.output_node:
                     ui = result
-                    values[node_id] = (ui,) * len(NODE_TYPES[class_type].outputs)
-                    with self.lock:
-                        prompt.outputs[node_id] = ui
-                    self._emit(
-                        prompt,
-                        "executed",
-                        {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt.prompt_id},
-                    )
+                    values[node_id] = (ui,) * len(node_type.outputs)
+                    self._report_output(prompt, node_id, ui)
                 else:
                     values[node_id] = result
+                with self.lock:
+                    self._cache[keys[node_id]] = _Cached(values[node_id], ui)
                 executed.append(node_id)
+                done = states[node_id]["max"]
+                self._progress_state(prompt, states, node_id, done, done, "finished")
             outcome = ("execution_success", {"prompt_id": prompt.prompt_id})
         except _Interrupted:
             outcome = (
@@ -1269,6 +1436,8 @@ class ComfyUIEmulator(LocalEmulator):
             current_inputs = {
                 name: [_format_value(values, value)] for name, value in prompt.inputs.get(node_id, {}).items()
             }
+            message = exc.message if isinstance(exc, _NodeFailure) else str(exc)
+            tips = _OOM_TIPS if _type_name(exc) == _OOM_TYPE else ""
             outcome = (
                 "execution_error",
                 {
@@ -1276,17 +1445,19 @@ class ComfyUIEmulator(LocalEmulator):
                     "node_id": node_id,
                     "node_type": graph[node_id]["class_type"],
                     "executed": list(executed),
-                    "exception_message": exc.message if isinstance(exc, _NodeFailure) else str(exc),
+                    "exception_message": f"{message}\n{tips}",
                     "exception_type": _type_name(exc),
                     "traceback": _fake_traceback(graph[node_id]["class_type"], exc),
                     "current_inputs": current_inputs,
-                    "current_outputs": list(executed),
+                    "current_outputs": list(graph),
                 },
             )
         self._finish(prompt, *outcome)
 
     def _finish(self, prompt: EmulatedPrompt, event: str, data: dict[str, Any]) -> None:
-        self._message(prompt, event, data, send=False)
+        # ComfyUI sends the outcome while the prompt runs, writes the history once it returned, then tells the
+        # queue and the end: a client must not expect the history the moment execution_success arrives.
+        self._message(prompt, event, data)
         success = event == "execution_success"
         with self.lock:
             prompt.state = "success" if success else "error"
@@ -1309,8 +1480,10 @@ class ComfyUIEmulator(LocalEmulator):
             while len(self.history) > _HISTORY_LIMIT:
                 self.history.popitem(last=False)
             self._running = None
-            self._current_node = None
-        self._emit(prompt, event, prompt.messages[-1][1])
+            self._last_node = None
+            if self._free_memory:
+                self._cache.clear()
+                self._free_memory = False
         self._broadcast_status()
         self._emit(prompt, "executing", {"node": None, "prompt_id": prompt.prompt_id})
 
@@ -1337,11 +1510,17 @@ class ComfyUIEmulator(LocalEmulator):
             return (_Latent(width, height, batch),)
         if class_type == "LoadImage":
             found = self._find_file(inputs["image"], "input")
-            if found is None:
-                raise FileNotFoundError(f"Invalid image file: {inputs['image']}")
+            path = f"{SERVER_ROOT}/input/{found[1] if found else inputs['image']}"
+            if found is None:  # deleted since the prompt was queued
+                raise FileNotFoundError(2, "No such file or directory", path)
             with self.lock:
                 data = self.files[found[0]][found[1]]
-            with Image.open(io.BytesIO(data)) as opened:
+            try:
+                opened = Image.open(io.BytesIO(data))
+            except UnidentifiedImageError:
+                # Pillow names the file it could not read: on a real server, the server's own path.
+                raise UnidentifiedImageError(f"cannot identify image file {path!r}") from None
+            with opened:
                 frame = ImageOps.exif_transpose(opened).convert("RGB")
             mask = f"<MASK 1x{frame.height}x{frame.width}>"
             return (_Images([frame]), mask)
@@ -1491,29 +1670,60 @@ def _error(kind: str, message: str, details: str = "", extra_info: dict[str, Any
     return {"type": kind, "message": message, "details": details, "extra_info": extra_info or {}}
 
 
-def _invalid_prompt(message: str) -> Reply:
-    return Reply.json({"error": _error("invalid_prompt", message), "node_errors": {}}, status=400)
+def _json(value: Any, status: int = 200) -> Reply:
+    return Reply(status=status, body=json.dumps(value).encode(), content_type=_JSON)
 
 
-def _links(node: dict[str, Any]) -> list[str]:
+def _empty(status: int) -> Reply:
+    """ComfyUI's bare answers (``web.Response(status=…)``): no body."""
+    return Reply(status=status, content_type="application/octet-stream")
+
+
+# What ComfyUI's validation raises on links to missing nodes or outputs, nodes without inputs and cycles.
+_VALIDATION_CRASHES = (LookupError, TypeError, RecursionError)
+_CONVERSIONS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+
+
+def _check_widget(
+    name: str, kind: Any, config: dict[str, Any], input_config: list[Any], value: Any
+) -> tuple[dict[str, Any] | None, Any]:
+    """``(error or None, converted value)`` of a widget input: converted the way ComfyUI converts (``int("20")``,
+    ``int(20.5)``, ``int(True)``, ``float("1")`` are fine), then checked against min, max and the choices."""
+    convert = _CONVERSIONS.get(kind) if isinstance(kind, str) else None
+    if convert is not None:
+        try:
+            converted = convert(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            extra = {
+                "input_name": name,
+                "input_config": input_config,
+                "received_value": value,
+                "exception_message": str(exc),
+            }
+            message = f"Failed to convert an input value to a {kind} value"
+            return _error("invalid_input_type", message, f"{name}, {value}, {exc}", extra), value
+        value = converted
+    extra = {"input_name": name, "input_config": input_config, "received_value": value}
+    if "min" in config and value < config["min"]:
+        return _error(
+            "value_smaller_than_min", f"Value {value} smaller than min of {config['min']}", name, extra
+        ), value
+    if "max" in config and value > config["max"]:
+        return _error("value_bigger_than_max", f"Value {value} bigger than max of {config['max']}", name, extra), value
+    if isinstance(kind, list) and value not in kind:
+        if len(kind) > 20:  # ComfyUI does not send long lists (model folders) back
+            choices, extra["input_config"] = f"(list of length {len(kind)})", None
+        else:
+            choices = str(kind)
+        return _error("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {choices}", extra), value
+    return None, value
+
+
+def _validation_traceback() -> list[str]:
     return [
-        value[0]
-        for value in (node.get("inputs") or {}).values()
-        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+        f'  File "{SERVER_ROOT}/execution.py", line 808, in validate_inputs\n'
+        "    r = await validate_inputs(prompt_id, prompt, o_id, validated)\n",
     ]
-
-
-def _ancestors(graph: dict[str, Any], node_id: str) -> list[str]:
-    """``node_id`` and every node it depends on (links to missing nodes ignored)."""
-    seen: list[str] = []
-    stack = [node_id]
-    while stack:
-        current = stack.pop()
-        if current in seen or current not in graph:
-            continue
-        seen.append(current)
-        stack.extend(_links(graph[current]))
-    return seen
 
 
 def _execution_order(inputs: dict[str, dict[str, Any]], outputs: list[str]) -> list[str]:
@@ -1545,9 +1755,9 @@ def _format_value(values: dict[str, tuple[Any, ...]], value: Any) -> Any:
 
 def _fake_traceback(class_type: str, exc: BaseException) -> list[str]:
     return [
-        '  File "/ComfyUI/execution.py", line 496, in execute\n'
+        f'  File "{SERVER_ROOT}/execution.py", line 496, in execute\n'
         "    output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(...)\n",
-        '  File "/ComfyUI/execution.py", line 315, in get_output_data\n'
+        f'  File "{SERVER_ROOT}/execution.py", line 315, in get_output_data\n'
         "    return_values = await _async_map_node_over_list(...)\n",
-        f'  File "/ComfyUI/nodes.py", line 1, in {class_type}\n    raise {_type_name(exc)}(...)\n',
+        f'  File "{SERVER_ROOT}/nodes.py", line 1, in {class_type}\n    raise {_type_name(exc)}(...)\n',
     ]

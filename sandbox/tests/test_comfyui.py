@@ -1,6 +1,7 @@
 """The ComfyUI emulator, exercised the way clients use ComfyUI: over real HTTP (httpx) and WebSocket.
 
-No database: plain pytest. Prompts take a fraction of a second, so the whole file stays fast.
+What is asserted is what a real ComfyUI server does (its quirks included), plus the emulator's own failure
+directives. No database: plain pytest. Prompts take a fraction of a second, so the whole file stays fast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from sandbox.comfyui import DIRECTIVES, NODE_TYPES, ComfyUIEmulator
+from sandbox.comfyui import DIRECTIVES, NODE_TYPES, SERVER_ROOT, ComfyUIEmulator
 
 TASK_SECONDS = 0.2
 API_KEY = "comfy-proxy-key"
@@ -134,8 +135,10 @@ def sdxl_graph(
     }
 
 
-def submit(client: httpx.Client, graph: dict[str, Any], client_id: str = "test-client", **extra: Any) -> str:
-    response = client.post("/prompt", json={"prompt": graph, "client_id": client_id, **extra})
+def submit(client: httpx.Client, graph: dict[str, Any], client_id: str | None = "test-client", **extra: Any) -> str:
+    """Queue ``graph``; ``client_id=None`` queues it without a client id, as a script may."""
+    body = {"prompt": graph, **extra} if client_id is None else {"prompt": graph, "client_id": client_id, **extra}
+    response = client.post("/prompt", json=body)
     assert response.status_code == 200, response.text
     return response.json()["prompt_id"]
 
@@ -184,7 +187,17 @@ def receive_until_done(websocket: ClientConnection, prompt_id: str, timeout: flo
         message = json.loads(websocket.recv(timeout=max(0.01, deadline - time.monotonic())))
         messages.append(message)
         data = message["data"]
-        if message["type"] == "executing" and data["node"] is None and data["prompt_id"] == prompt_id:
+        if message["type"] == "executing" and data["node"] is None and data.get("prompt_id") == prompt_id:
+            return messages
+
+
+def drain(websocket: ClientConnection, quiet: float = 0.3) -> list[dict[str, Any]]:
+    """Every message that arrives until the socket stays quiet for ``quiet`` seconds."""
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(websocket.recv(timeout=quiet)))
+        except TimeoutError:
             return messages
 
 
@@ -322,6 +335,111 @@ def test_video_combine_saves_an_mp4_under_gifs(client: httpx.Client) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Caching of identical work
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_identical_prompt_is_served_from_the_cache_with_the_earlier_output(
+    emulator: ComfyUIEmulator, client: httpx.Client
+) -> None:
+    upload(client, "same.png", png(64, 48))
+    first = wait_history(client, submit(client, scale_graph("same.png", 32, 24)))
+    with ws_connect(emulator, "again") as websocket:
+        websocket.recv(timeout=5)
+        prompt_id = submit(client, scale_graph("same.png", 32, 24), client_id="again")
+        events = of_prompt(receive_until_done(websocket, prompt_id), prompt_id)
+    second = client.get(f"/history/{prompt_id}").json()[prompt_id]
+
+    assert second["status"]["status_str"] == "success"
+    assert second["outputs"] == first["outputs"]  # the same file, reported again
+    assert list(emulator.outputs) == ["scaled_00001_.png"]  # nothing new written
+    assert [message[0] for message in second["status"]["messages"]] == [
+        "execution_start",
+        "execution_cached",
+        "execution_success",
+    ]
+    assert second["status"]["messages"][1][1]["nodes"] == ["1", "2", "3"]
+    types = [message["type"] for message in events]
+    assert types == [
+        "execution_start",
+        "execution_cached",
+        "executed",
+        "progress_state",
+        "execution_success",
+        "executing",
+    ]
+    assert events[2]["data"]["output"] == first["outputs"]["3"]
+    assert events[3]["data"]["nodes"]["3"]["state"] == "finished"
+
+
+def test_a_changed_input_runs_only_the_nodes_downstream_of_it(client: httpx.Client) -> None:
+    upload(client, "part.png", png(64, 48))
+    wait_history(client, submit(client, scale_graph("part.png", 32, 24)))
+
+    entry = wait_history(client, submit(client, scale_graph("part.png", 16, 12)))
+
+    assert entry["status"]["messages"][1][1]["nodes"] == ["1"]
+    assert entry["outputs"]["3"]["images"][0]["filename"] == "scaled_00002_.png"
+    assert view_image(client, entry["outputs"]["3"]["images"][0]).size == (16, 12)
+
+
+def test_a_different_seed_runs_the_sampler_again(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    wait_history(client, submit(client, sdxl_graph(seed=1)))
+    entry = wait_history(client, submit(client, sdxl_graph(seed=2)))
+
+    cached = entry["status"]["messages"][1][1]["nodes"]
+    assert set(cached) == {"4", "5", "6", "7"} and "3" not in cached
+    assert len(emulator.outputs) == 2
+
+
+def test_the_cache_holds_only_what_the_previous_prompt_computed(client: httpx.Client) -> None:
+    upload(client, "a.png", png(20, 10, (1, 2, 3)))
+    upload(client, "b.png", png(20, 10, (9, 9, 9)))
+    ids = [submit(client, invert_graph(name)) for name in ("a.png", "b.png", "a.png", "a.png")]
+    cached = [wait_history(client, prompt_id)["status"]["messages"][1][1]["nodes"] for prompt_id in ids]
+
+    assert cached == [[], [], [], ["1", "2", "3"]]
+
+
+def test_node_ids_do_not_matter_to_the_cache_but_the_file_content_does(
+    emulator: ComfyUIEmulator, client: httpx.Client
+) -> None:
+    upload(client, "c.png", png(20, 10, (1, 2, 3)))
+    wait_history(client, submit(client, invert_graph("c.png")))
+    renumbered = {
+        "10": {"class_type": "LoadImage", "inputs": {"image": "c.png"}},
+        "20": {"class_type": "ImageInvert", "inputs": {"image": ["10", 0]}},
+        "30": {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "inverted"}},
+    }
+    same = wait_history(client, submit(client, renumbered))
+    upload(client, "c.png", png(20, 10, (200, 200, 200)), overwrite="true")
+    changed = wait_history(client, submit(client, renumbered))
+
+    assert same["status"]["messages"][1][1]["nodes"] == ["10", "20", "30"]
+    assert same["outputs"]["30"]["images"][0]["filename"] == "inverted_00001_.png"
+    assert changed["status"]["messages"][1][1]["nodes"] == []
+    assert view_image(client, changed["outputs"]["30"]["images"][0]).getpixel((5, 5)) == (55, 55, 55)
+
+
+def test_post_free_empties_the_cache(client: httpx.Client) -> None:
+    upload(client, "f.png", png(20, 10))
+    wait_history(client, submit(client, invert_graph("f.png")))
+
+    assert client.post("/free", json={"free_memory": True}).status_code == 200
+    entry = wait_history(client, submit(client, invert_graph("f.png")))
+
+    assert entry["status"]["messages"][1][1]["nodes"] == []
+
+
+def test_a_failing_prompt_fails_again_when_repeated(client: httpx.Client) -> None:
+    first = wait_history(client, submit(client, sdxl_graph(text="a cat [[fail]]")))
+    second = wait_history(client, submit(client, sdxl_graph(text="a cat [[fail]]")))
+
+    assert first["status"]["status_str"] == second["status"]["status_str"] == "error"
+    assert second["status"]["messages"][-1][1]["node_id"] == "3"  # the sampler never got into the cache
+
+
+# --------------------------------------------------------------------------------------------------
 # WebSocket
 # --------------------------------------------------------------------------------------------------
 
@@ -332,7 +450,7 @@ def test_websocket_events_in_order(emulator: ComfyUIEmulator, client: httpx.Clie
         assert hello == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "abc"}}
         prompt_id = submit(client, sdxl_graph(steps=30), client_id="abc")
         messages = receive_until_done(websocket, prompt_id)
-        # History is written before the final events go out.
+        # The history is written before the last event goes out.
         assert client.get(f"/history/{prompt_id}").json()[prompt_id]["status"]["status_str"] == "success"
 
     events = of_prompt(messages, prompt_id)
@@ -349,41 +467,125 @@ def test_websocket_events_in_order(emulator: ComfyUIEmulator, client: httpx.Clie
     assert all(item["max"] == 30 and item["node"] == "3" for item in progress)
     assert [item["value"] for item in progress] == sorted(item["value"] for item in progress)
     assert progress[-1]["value"] == 30
-    assert types.index("progress") > executing.index("3")
+    sampler_starts = next(i for i, message in enumerate(events) if message["data"].get("node") == "3")
+    assert types.index("progress") > sampler_starts
     executed = next(message["data"] for message in events if message["type"] == "executed")
     assert executed["node"] == "9" and executed["output"]["images"][0]["filename"].endswith(".png")
     assert types.index("executed") < types.index("execution_success")
-    assert {message["type"] for message in messages if message not in events} <= {"status"}
+    assert {message["type"] for message in messages if message not in events} == {"status"}
 
 
-def test_websocket_connecting_mid_run_gets_the_rest(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
-    prompt_id = submit(client, sdxl_graph(text="late [[slow:0.6]]"), client_id="late")
-    wait_state(emulator, prompt_id, "running")
-    time.sleep(0.1)
-    with ws_connect(emulator, "late") as websocket:
-        assert json.loads(websocket.recv(timeout=5))["data"]["sid"] == "late"
+def test_progress_state_reports_every_started_node(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    with ws_connect(emulator, "states") as websocket:
+        websocket.recv(timeout=5)
+        prompt_id = submit(client, invert_graph_with_upload(client), client_id="states")
         events = of_prompt(receive_until_done(websocket, prompt_id), prompt_id)
+
+    states = [message["data"]["nodes"] for message in events if message["type"] == "progress_state"]
+    assert [sorted(nodes) for nodes in states] == [
+        ["1"],
+        ["1"],
+        ["1", "2"],
+        ["1", "2"],
+        ["1", "2", "3"],
+        ["1", "2", "3"],
+    ]
+    assert states[0]["1"] == {
+        "value": 0.0,
+        "max": 1.0,
+        "state": "running",
+        "node_id": "1",
+        "prompt_id": prompt_id,
+        "display_node_id": "1",
+        "parent_node_id": None,
+        "real_node_id": "1",
+    }
+    assert {node["state"] for node in states[-1].values()} == {"finished"}
+    types = [message["type"] for message in events]
+    # A node is announced running (progress_state) just before its executing event.
+    assert types[2:4] == ["progress_state", "executing"]
+
+
+def test_a_client_reconnecting_mid_run_is_greeted_with_the_running_node_only(
+    emulator: ComfyUIEmulator, client: httpx.Client
+) -> None:
+    prompt_id = submit(client, sdxl_graph(text="late [[slow:0.6]]"), client_id="late")
+    wait_event(emulator, prompt_id, "progress")
+    with ws_connect(emulator, "late") as websocket:
+        hello = json.loads(websocket.recv(timeout=5))
+        greeting = json.loads(websocket.recv(timeout=5))
+        events = of_prompt(receive_until_done(websocket, prompt_id), prompt_id)
+
+    assert hello["data"]["sid"] == "late"
+    assert greeting == {"type": "executing", "data": {"node": "3"}}  # no prompt_id, no display_node
     types = [message["type"] for message in events]
     assert "execution_start" not in types
     assert types[-2:] == ["execution_success", "executing"]
 
 
-def test_events_go_only_to_the_prompts_client(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
-    with (
-        ws_connect(emulator, "mine") as mine,
-        ws_connect(emulator, "mine") as twin,
-        ws_connect(emulator, "other") as other,
-    ):
+def test_only_the_running_prompts_client_is_greeted(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    prompt_id = submit(client, sdxl_graph(text="[[slow:0.6]]"), client_id="owner")
+    wait_event(emulator, prompt_id, "progress")
+    with ws_connect(emulator, "stranger") as websocket:
+        messages = drain(websocket)
+
+    assert "executing" not in {message["type"] for message in messages}
+
+
+def test_events_of_a_prompt_go_to_its_client_only(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    with ws_connect(emulator, "mine") as mine, ws_connect(emulator, "other") as other:
         prompt_id = submit(client, invert_graph_with_upload(client), client_id="mine")
-        first = of_prompt(receive_until_done(mine, prompt_id), prompt_id)
-        second = of_prompt(receive_until_done(twin, prompt_id), prompt_id)
-        assert first == second and first[-1]["data"]["node"] is None
-        time.sleep(0.1)
-        seen = []
-        with pytest.raises(TimeoutError):
-            while True:
-                seen.append(json.loads(other.recv(timeout=0.2)))
-        assert {message["type"] for message in seen} == {"status"}
+        received = of_prompt(receive_until_done(mine, prompt_id), prompt_id)
+        seen = drain(other)
+
+    assert received[-1]["data"]["node"] is None
+    assert {message["type"] for message in seen} == {"status"}
+
+
+def test_a_second_socket_of_a_client_takes_its_events_over(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    with ws_connect(emulator, "twin") as first:
+        first.recv(timeout=5)
+        with ws_connect(emulator, "twin") as second:
+            second.recv(timeout=5)
+            prompt_id = submit(client, invert_graph_with_upload(client), client_id="twin")
+            received = of_prompt(receive_until_done(second, prompt_id), prompt_id)
+            left_out = of_prompt(drain(first), prompt_id)
+
+    assert received[-1]["data"]["node"] is None
+    assert left_out == []
+
+
+def test_closing_a_replaced_socket_forgets_the_client(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    with ws_connect(emulator, "gone-twice") as newer:
+        newer.recv(timeout=5)
+        with ws_connect(emulator, "gone-twice") as older:  # connects after: the registered one now
+            older.recv(timeout=5)
+        deadline = time.monotonic() + 5
+        while "gone-twice" in emulator._sockets:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        prompt_id = submit(client, invert_graph_with_upload(client), client_id="gone-twice")
+        wait_history(client, prompt_id)
+        assert of_prompt(drain(newer), prompt_id) == []
+
+
+def test_a_prompt_without_client_id_broadcasts_progress_and_interruptions_only(
+    emulator: ComfyUIEmulator, client: httpx.Client
+) -> None:
+    with ws_connect(emulator, "bystander") as bystander:
+        bystander.recv(timeout=5)
+        done = submit(client, sdxl_graph(text="anyone"), client_id=None)
+        wait_history(client, done)
+        stopped = submit(client, sdxl_graph(text="stop me [[slow:8]]"), client_id=None)
+        wait_event(emulator, stopped, "progress")
+        client.post("/interrupt")
+        wait_history(client, stopped)
+        seen = drain(bystander)
+
+    finished = {message["type"] for message in of_prompt(seen, done)}
+    assert finished == {"progress", "progress_state"}  # no execution_start, executing, executed, success
+    interrupted = [message["type"] for message in of_prompt(seen, stopped)]
+    assert interrupted[-1] == "execution_interrupted" and "executing" not in interrupted
 
 
 def test_closed_sockets_leave_the_registry(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
@@ -419,8 +621,7 @@ def test_history_is_empty_until_the_prompt_finished(emulator: ComfyUIEmulator, c
     messages = entry["status"]["messages"]
     assert [message[0] for message in messages] == ["execution_start", "execution_cached", "execution_success"]
     assert messages[0][1]["prompt_id"] == prompt_id and isinstance(messages[0][1]["timestamp"], int)
-    record = emulator.prompts[prompt_id]
-    assert record.started is not None and record.finished is not None and record.finished - record.started >= 0.35
+    assert set(entry) == {"prompt", "outputs", "status", "meta"}
 
     other = wait_history(client, submit(client, sdxl_graph()))
     assert list(client.get("/history").json()) == [prompt_id, other["prompt"][1]]
@@ -431,7 +632,8 @@ def test_history_is_empty_until_the_prompt_finished(emulator: ComfyUIEmulator, c
 def test_post_history_deletes_and_clears(client: httpx.Client) -> None:
     first, second = (submit(client, sdxl_graph(seed=seed)) for seed in (1, 2))
     wait_history(client, second)
-    assert client.post("/history", json={"delete": [first]}).status_code == 200
+    response = client.post("/history", json={"delete": [first]})
+    assert response.status_code == 200 and response.content == b""
     assert list(client.get("/history").json()) == [second]
     assert client.post("/api/history", json={"clear": True}).status_code == 200
     assert client.get("/history").json() == {}
@@ -449,11 +651,34 @@ def test_undeclared_inputs_are_ignored(emulator: ComfyUIEmulator, client: httpx.
 def test_prompt_id_and_numbers(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
     chosen = "0b9d5b2c-4a6e-4d54-9f0e-2f2c8d0c0001"
     first = client.post("/prompt", json={"prompt": sdxl_graph(), "client_id": "x", "prompt_id": chosen}).json()
-    second = client.post("/prompt", json={"prompt": sdxl_graph(), "client_id": "x"}).json()
+    refused = client.post("/prompt", json={"prompt": {}})
+    second = client.post("/prompt", json={"prompt": sdxl_graph(seed=8), "client_id": "x"}).json()
     assert first == {"prompt_id": chosen, "number": 0, "node_errors": {}}
-    assert second["number"] == 1 and second["prompt_id"] != chosen and len(second["prompt_id"]) == 36
+    assert refused.status_code == 400
+    assert second["number"] == 2  # a refused prompt takes a number too
+    assert second["prompt_id"] != chosen and len(second["prompt_id"]) == 36
     wait_history(client, second["prompt_id"])
     assert emulator.prompts[chosen].client_id == "x" and emulator.prompts[chosen].number == 0
+
+    assert client.post("/prompt", json={"prompt": sdxl_graph(), "number": 7}).json()["number"] == 7.0
+
+
+def test_a_number_as_prompt_id_is_taken_as_text(client: httpx.Client) -> None:
+    answer = client.post("/prompt", json={"prompt": sdxl_graph(), "prompt_id": 123}).json()
+
+    assert answer["prompt_id"] == "123"
+    assert wait_history(client, "123")["prompt"][1] == "123"
+
+
+def test_a_repeated_prompt_id_is_accepted_and_run_again(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    upload(client, "d.png", png(30, 20))
+    for width in (12, 13):
+        response = client.post("/prompt", json={"prompt": scale_graph("d.png", width, 10), "prompt_id": "twice"})
+        assert response.status_code == 200
+    wait_state(emulator, "twice", "success")
+
+    assert sorted(emulator.outputs) == ["scaled_00001_.png", "scaled_00002_.png"]
+    assert client.get("/history/twice").json()["twice"]["prompt"][0] == 1  # the later one
 
 
 def test_one_prompt_at_a_time_in_fifo_order(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
@@ -485,27 +710,49 @@ def test_queue_delete_and_clear(emulator: ComfyUIEmulator, client: httpx.Client)
     assert {emulator.prompts[prompt_id].state for prompt_id in waiting} == {"deleted"}
     client.post("/interrupt")
     wait_history(client, running)
-    time.sleep(0.1)
     assert all(client.get(f"/history/{prompt_id}").json() == {} for prompt_id in waiting)
 
 
-def test_interrupt_ends_the_running_prompt(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+def test_interrupt_stops_a_sampler_between_two_steps(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
     with ws_connect(emulator, "stop") as websocket:
-        started = time.monotonic()
-        prompt_id = submit(client, sdxl_graph(text="long [[slow:5]]"), client_id="stop")
+        prompt_id = submit(client, sdxl_graph(text="long [[slow:8]]", steps=40), client_id="stop")
         wait_event(emulator, prompt_id, "progress")
-        assert client.post("/interrupt").status_code == 200
+        response = client.post("/interrupt")
+        assert response.status_code == 200 and response.content == b""
         events = of_prompt(receive_until_done(websocket, prompt_id), prompt_id)
-    assert time.monotonic() - started < 3
     assert [message["type"] for message in events][-2:] == ["execution_interrupted", "executing"]
     interrupted = events[-2]["data"]
     assert interrupted["node_type"] == "KSampler" and "4" in interrupted["executed"]
+    steps = [message["data"]["value"] for message in events if message["type"] == "progress"]
+    assert steps[-1] < 40  # stopped inside the sampler
     entry = client.get(f"/history/{prompt_id}").json()[prompt_id]
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
     assert entry["status"]["messages"][-1][0] == "execution_interrupted"
     assert emulator.prompts[prompt_id].interrupted and emulator.prompts[prompt_id].state == "error"
     # The next prompt runs normally: the interrupt does not stick.
     assert wait_history(client, submit(client, sdxl_graph()))["status"]["status_str"] == "success"
+
+
+def test_interrupt_lets_any_other_node_finish_and_stops_before_the_next(
+    emulator: ComfyUIEmulator, client: httpx.Client
+) -> None:
+    emulator.task_seconds = 1.5  # 0.5 s per node
+    prompt_id = submit(client, invert_graph_with_upload(client))
+    wait_event(emulator, prompt_id, "executing")
+    client.post("/interrupt")
+    entry = wait_history(client, prompt_id)
+
+    interrupted = entry["status"]["messages"][-1]
+    assert interrupted[0] == "execution_interrupted"
+    assert interrupted[1]["node_id"] == "2" and interrupted[1]["executed"] == ["1"]
+
+
+def test_interrupt_for_another_prompt_id_changes_nothing(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    prompt_id = submit(client, sdxl_graph(text="[[slow:0.5]]"))
+    wait_state(emulator, prompt_id, "running")
+    client.post("/interrupt", json={"prompt_id": "someone-else"})
+
+    assert wait_history(client, prompt_id)["status"]["status_str"] == "success"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,12 +791,13 @@ def test_fail_without_sampler_fails_the_first_node(client: httpx.Client) -> None
     assert error["node_id"] == "1" and error["exception_type"] == "RuntimeError"
 
 
-def test_a_real_node_failure_is_an_execution_error(client: httpx.Client) -> None:
+def test_a_real_node_failure_is_an_execution_error_naming_the_servers_path(client: httpx.Client) -> None:
     upload(client, "notes.png", b"this is not a picture")
     entry = wait_history(client, submit(client, invert_graph("notes.png")))
     error = entry["status"]["messages"][-1][1]
     assert entry["status"]["status_str"] == "error"
     assert error["node_type"] == "LoadImage" and error["exception_type"] == "PIL.UnidentifiedImageError"
+    assert error["exception_message"] == f"cannot identify image file '{SERVER_ROOT}/input/notes.png'\n"
 
 
 def test_malformed_history_after_completion(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
@@ -568,26 +816,30 @@ def test_nows_sends_no_events_but_fills_history(emulator: ComfyUIEmulator, clien
         websocket.recv(timeout=5)
         prompt_id = submit(client, sdxl_graph(text="shh [[nows]]"), client_id="quiet")
         assert wait_history(client, prompt_id)["status"]["status_str"] == "success"
-        seen = []
-        with pytest.raises(TimeoutError):
-            while True:
-                seen.append(json.loads(websocket.recv(timeout=0.3)))
+        seen = drain(websocket)
     assert of_prompt(seen, prompt_id) == []
     assert emulator.prompts[prompt_id].events[-1] == ("executing", {"node": None, "prompt_id": prompt_id})
 
 
-def test_slow_directive_and_task_seconds_at_run_time(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
-    prompt_id = submit(client, sdxl_graph(text="[[slow:0.6]]"))
-    wait_history(client, prompt_id)
-    record = emulator.prompts[prompt_id]
-    assert record.finished - record.started >= 0.55
+def test_slow_directive_keeps_a_prompt_running(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    prompt_id = submit(client, sdxl_graph(text="[[slow:8]]"))
+    wait_event(emulator, prompt_id, "progress")
 
-    emulator.task_seconds = 0
-    prompt_id = submit(client, sdxl_graph())
-    wait_history(client, prompt_id)
-    record = emulator.prompts[prompt_id]
-    assert record.finished - record.started < 0.15
+    assert client.get(f"/history/{prompt_id}").json() == {}
+    assert client.get("/queue").json()["queue_running"][0][1] == prompt_id
+    client.post("/interrupt")
+    assert wait_history(client, prompt_id)["status"]["messages"][-1][0] == "execution_interrupted"
     assert set(DIRECTIVES) == {"fail", "oom", "malformed", "slow:S", "nows"}
+
+
+def test_task_seconds_is_read_when_a_prompt_runs(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
+    emulator.task_seconds = 8
+    prompt_id = submit(client, sdxl_graph())
+    wait_event(emulator, prompt_id, "progress")
+
+    assert client.get("/queue").json()["queue_running"][0][1] == prompt_id
+    client.post("/interrupt")
+    assert wait_history(client, prompt_id)["status"]["status_str"] == "error"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -599,37 +851,64 @@ def post_prompt(client: httpx.Client, graph: Any) -> httpx.Response:
     return client.post("/prompt", json={"prompt": graph, "client_id": "v"})
 
 
-def test_body_errors(client: httpx.Client) -> None:
-    for response in (
-        client.post("/prompt", content=b"{not json", headers={"Content-Type": "application/json"}),
-        client.post("/prompt", json={"client_id": "v"}),
-        client.post("/prompt", json={"prompt": "a string"}),
-    ):
+def assert_server_error(response: httpx.Response) -> None:
+    """ComfyUI's answer to a request its handler crashed on."""
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text.startswith("500 Internal Server Error")
+
+
+def test_requests_comfyui_cannot_parse_are_a_server_error(client: httpx.Client) -> None:
+    assert_server_error(client.post("/prompt", content=b"{not json", headers={"Content-Type": "application/json"}))
+    assert_server_error(client.post("/prompt", json={"prompt": "a string"}))
+    assert_server_error(client.post("/prompt", json={"prompt": {"1": 5}}))
+    assert_server_error(client.post("/prompt", json=42))
+    assert client.get("/queue").json() == {"queue_running": [], "queue_pending": []}
+
+
+def test_a_body_without_prompt_is_no_prompt(client: httpx.Client) -> None:
+    for body in ({}, {"client_id": "v"}, [1]):
+        response = client.post("/prompt", json=body)
         assert response.status_code == 400
-        body = response.json()
-        assert body["error"]["type"] == "invalid_prompt" and body["node_errors"] == {}
-        assert set(body["error"]) == {"type", "message", "details", "extra_info"}
+        assert response.headers["content-type"] == "application/json; charset=utf-8"
+        assert response.json() == {
+            "error": {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            },
+            "node_errors": {},
+        }
 
 
-def test_unknown_node_type(client: httpx.Client) -> None:
+def test_unknown_node_type_is_an_invalid_prompt(client: httpx.Client) -> None:
     graph = sdxl_graph()
     graph["12"] = {"class_type": "NotANode", "inputs": {}}
     body = post_prompt(client, graph).json()
-    assert body["error"]["type"] == "missing_node_type"
-    assert body["error"]["message"] == "Cannot execute because node NotANode does not exist."
-    assert body["error"]["details"] == "Node ID '#12'"
-    assert body["node_errors"] == {}
+    assert body == {
+        "error": {
+            "type": "invalid_prompt",
+            "message": "Cannot execute because node NotANode does not exist.",
+            "details": "Node ID '#12'",
+            "extra_info": {},
+        },
+        "node_errors": {},
+    }
+    missing = post_prompt(client, {"1": {"inputs": {}}}).json()["error"]
+    assert missing["type"] == "invalid_prompt" and "missing the class_type property" in missing["message"]
 
 
 def test_no_outputs(client: httpx.Client) -> None:
     graph = sdxl_graph()
     del graph["9"]
-    response = post_prompt(client, graph)
-    assert response.status_code == 400
-    assert response.json() == {
-        "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
-        "node_errors": {},
-    }
+    for prompt in (graph, []):
+        response = post_prompt(client, prompt)
+        assert response.status_code == 400
+        assert response.json() == {
+            "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+            "node_errors": {},
+        }
 
 
 def _node_error(client: httpx.Client, graph: dict[str, Any], node_id: str) -> dict[str, Any]:
@@ -653,18 +932,15 @@ def _with(graph: dict[str, Any], node_id: str, **inputs: Any) -> dict[str, Any]:
     ("node_id", "change", "kind", "details"),
     [
         ("4", {"ckpt_name": "x.safetensors"}, "value_not_in_list", "ckpt_name: 'x.safetensors' not in ["),
-        ("3", {"steps": 0}, "value_smaller_than_min", "steps, 0 < 1"),
-        ("3", {"cfg": 101}, "value_bigger_than_max", "cfg, 101 > 100"),
-        ("3", {"seed": 2**64}, "value_bigger_than_max", "seed, "),
-        ("3", {"steps": "20"}, "invalid_input_type", "steps, "),
-        ("3", {"steps": 20.0}, "invalid_input_type", "steps, "),
-        ("3", {"steps": True}, "invalid_input_type", "steps, "),
-        ("3", {"denoise": "1"}, "invalid_input_type", "denoise, "),
+        ("3", {"steps": 0}, "value_smaller_than_min", "steps"),
+        ("3", {"cfg": 101}, "value_bigger_than_max", "cfg"),
+        ("3", {"seed": 2**64}, "value_bigger_than_max", "seed"),
+        ("3", {"steps": "many"}, "invalid_input_type", "steps, many, invalid literal for int() with base 10: 'many'"),
+        ("3", {"steps": None}, "invalid_input_type", "steps, None, int() argument must be"),
+        ("3", {"denoise": "x"}, "invalid_input_type", "denoise, x, could not convert string to float: 'x'"),
         ("3", {"sampler_name": "nope"}, "value_not_in_list", "sampler_name: 'nope' not in"),
-        ("5", {"width": 8}, "value_smaller_than_min", "width, 8 < 16"),
-        ("3", {"model": ["99", 0]}, "bad_linked_input", "model"),
+        ("5", {"width": 8}, "value_smaller_than_min", "width"),
         ("3", {"model": ["4"]}, "bad_linked_input", "model"),
-        ("3", {"model": ["4", 7]}, "bad_linked_input", "model"),
         ("3", {"model": ["4", 1]}, "return_type_mismatch", "model, received_type(CLIP) mismatch input_type(MODEL)"),
     ],
 )
@@ -674,6 +950,59 @@ def test_input_errors(client: httpx.Client, node_id: str, change: dict[str, Any]
     assert error["type"] == kind and error["details"].startswith(details)
     assert error["extra_info"]["input_name"] == next(iter(change))
     assert entry["dependent_outputs"] == ["9"]
+
+
+def test_below_minimum_names_only_the_input(client: httpx.Client) -> None:
+    error = _node_error(client, _with(sdxl_graph(), "5", width=8), "5")["errors"][0]
+    assert error == {
+        "type": "value_smaller_than_min",
+        "message": "Value 8 smaller than min of 16",
+        "details": "width",
+        "extra_info": {
+            "input_name": "width",
+            "input_config": ["INT", NODE_TYPES["EmptyLatentImage"].required["width"][1]],
+            "received_value": 8,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "exception_type", "details"),
+    [
+        ({"model": ["99", 0]}, "KeyError", "'99'"),
+        ({"model": ["4", 7]}, "IndexError", "tuple index out of range"),
+        ({"model": ["4", "0"]}, "TypeError", "tuple indices must be integers or slices, not str"),
+    ],
+)
+def test_links_to_missing_nodes_or_outputs_fail_the_inner_validation(
+    client: httpx.Client, change: dict[str, Any], exception_type: str, details: str
+) -> None:
+    # The sampler's bad link breaks the validation of the node linking to the sampler (VAEDecode's
+    # "samples"); ComfyUI files the error under the sampler with the linking node's input.
+    entry = _node_error(client, _with(sdxl_graph(), "3", **change), "3")
+    error = entry["errors"][0]
+    assert error["type"] == "exception_during_inner_validation" and error["details"] == details
+    assert error["extra_info"]["exception_type"] == exception_type
+    assert error["extra_info"]["input_name"] == "samples" and error["extra_info"]["linked_node"] == ["3", 0]
+
+
+def test_an_output_node_with_a_bad_link_fails_its_own_validation(client: httpx.Client) -> None:
+    graph = {"2": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "x"}}}
+    body = post_prompt(client, graph).json()
+    assert body["error"]["details"] == "Exception when validating node: '9'"
+    assert body["node_errors"]["2"]["errors"][0]["type"] == "exception_during_validation"
+
+
+def test_a_dependency_cycle_fails_without_node_errors(client: httpx.Client) -> None:
+    graph = {
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "cycle"}},
+    }
+    response = post_prompt(client, graph)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "prompt_outputs_failed_validation"
+    assert response.json()["node_errors"] == {}
 
 
 def test_required_input_missing(client: httpx.Client) -> None:
@@ -688,6 +1017,23 @@ def test_required_input_missing(client: httpx.Client) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("width", "expected"), [("64", 64), (64.0, 64), (64.9, 64), (True, 1)], ids=["text", "float", "fraction", "bool"]
+)
+def test_widget_values_are_converted_like_comfyui_converts_them(
+    client: httpx.Client, width: Any, expected: int
+) -> None:
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": "1", "sigma": "1"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": 42}},
+    }
+    entry = wait_history(client, submit(client, graph))
+    image = entry["outputs"]["3"]["images"][0]
+    assert image["filename"] == "42_00001_.png"
+    assert view_image(client, image).size == (expected, 8)
+
+
 def test_float_inputs_accept_integers_and_downstream_nodes_carry_no_errors(client: httpx.Client) -> None:
     assert post_prompt(client, _with(sdxl_graph(), "3", cfg=7, denoise=1)).status_code == 200
     body = post_prompt(client, _with(sdxl_graph(), "4", ckpt_name="missing.safetensors")).json()
@@ -696,20 +1042,37 @@ def test_float_inputs_accept_integers_and_downstream_nodes_carry_no_errors(clien
 
 def test_load_image_needs_an_uploaded_file(client: httpx.Client) -> None:
     error = _node_error(client, invert_graph("never-uploaded.png"), "1")["errors"][0]
-    assert error["type"] == "value_not_in_list"
-    assert error["details"] == "image - Invalid image file: never-uploaded.png"
+    assert error == {
+        "type": "custom_validation_failed",
+        "message": "Custom validation failed for node",
+        "details": "image - Invalid image file: never-uploaded.png",
+        "extra_info": {"input_name": "image"},
+    }
     upload(client, "never-uploaded.png", png(8, 8))
     assert post_prompt(client, invert_graph("never-uploaded.png")).status_code == 200
 
 
-def test_partly_valid_graph_runs_its_valid_outputs(client: httpx.Client) -> None:
+def test_partly_valid_graph_is_accepted_and_runs_its_valid_outputs(client: httpx.Client) -> None:
     upload(client, "p.png", png(30, 20))
     graph = invert_graph("p.png")
     graph["4"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}  # filename_prefix missing
     response = post_prompt(client, graph)
     assert response.status_code == 200
     body = response.json()
-    assert body["node_errors"]["4"]["errors"][0]["type"] == "required_input_missing"
+    assert body["node_errors"] == {
+        "4": {
+            "errors": [
+                {
+                    "type": "required_input_missing",
+                    "message": "Required input is missing",
+                    "details": "filename_prefix",
+                    "extra_info": {"input_name": "filename_prefix"},
+                }
+            ],
+            "dependent_outputs": ["4"],
+            "class_type": "SaveImage",
+        }
+    }
     entry = wait_history(client, body["prompt_id"])
     assert list(entry["outputs"]) == ["3"] and entry["prompt"][4] == ["3"]
 
@@ -740,29 +1103,44 @@ def test_upload_naming_rules(emulator: ComfyUIEmulator, client: httpx.Client) ->
     assert answer["type"] == "output" and emulator.outputs["c.png"] == first
 
 
-def test_upload_errors(client: httpx.Client) -> None:
-    assert client.post("/upload/image", data={"overwrite": "true"}, files={"x": ("a.png", b"1")}).status_code == 400
-    assert client.post("/upload/image", json={"image": "a.png"}).status_code == 400
-    assert upload(client, "a.png", b"1", subfolder="../up").status_code == 400
-    assert upload(client, "a.png", b"1", type="nowhere").status_code == 400
+def test_upload_errors_have_empty_bodies(client: httpx.Client) -> None:
+    for response in (
+        client.post("/upload/image", data={"overwrite": "true"}, files={"x": ("a.png", b"1")}),
+        client.post("/upload/image", json={"image": "a.png"}),
+        upload(client, "a.png", b"1", subfolder="../up"),
+        upload(client, "a.png", b"1", subfolder="/tmp"),
+    ):
+        assert (response.status_code, response.content) == (400, b"")
+    assert_server_error(upload(client, "a.png", b"1", type="nowhere"))
 
 
-def test_view_errors(client: httpx.Client) -> None:
+def test_view_errors_have_empty_bodies(client: httpx.Client) -> None:
     upload(client, "v.png", png(5, 5))
     assert client.get("/view", params={"filename": "v.png", "type": "input"}).status_code == 200
     assert client.get("/view", params={"filename": "v.png [input]"}).status_code == 200
-    assert client.get("/view", params={"type": "input"}).status_code == 400
-    assert client.get("/view", params={"filename": "v.png", "type": "cache"}).status_code == 400
-    for params in (
-        {"filename": "../secret.png"},
-        {"filename": "/etc/passwd"},
-        {"filename": "a\\b.png"},
-        {"filename": "v.png", "subfolder": "../input"},
-        {"filename": "v.png", "subfolder": "/tmp"},
+    # A subfolder that leads back into the same folder is still inside it.
+    assert (
+        client.get("/view", params={"filename": "v.png", "type": "input", "subfolder": "../input"}).status_code == 200
+    )
+    for params, status in (
+        ({"type": "input"}, 404),
+        ({"filename": "v.png", "type": "cache"}, 400),
+        ({"filename": "../secret.png", "type": "input"}, 400),
+        ({"filename": "/etc/passwd", "type": "input"}, 400),
+        ({"filename": "a\\b.png", "type": "input"}, 404),
+        ({"filename": "v.png", "type": "input", "subfolder": "../output"}, 403),
+        ({"filename": "v.png", "type": "input", "subfolder": "/tmp"}, 403),
+        ({"filename": "v.png", "type": "output"}, 404),
+        ({"filename": "missing.png"}, 404),
     ):
-        assert client.get("/view", params={"type": "input", **params}).status_code == 403, params
-    assert client.get("/view", params={"filename": "v.png", "type": "output"}).status_code == 404
-    assert client.get("/view", params={"filename": "missing.png"}).status_code == 404
+        response = client.get("/view", params=params)
+        assert (response.status_code, response.content) == (status, b""), params
+
+
+def test_view_names_the_file(client: httpx.Client) -> None:
+    upload(client, "named.png", png(5, 5))
+    response = client.get("/view", params={"filename": "named.png", "type": "input"})
+    assert response.headers["content-disposition"] == 'filename="named.png"'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -772,19 +1150,20 @@ def test_view_errors(client: httpx.Client) -> None:
 
 def test_system_stats_and_object_info(client: httpx.Client) -> None:
     stats = client.get("/system_stats").json()
-    assert stats["system"]["comfyui_version"] == "0.3.60" and stats["system"]["embedded_python"] is False
-    assert {"os", "python_version", "ram_total", "ram_free"} <= set(stats["system"])
-    assert stats["devices"] == [
-        {
-            "name": "cpu",
-            "type": "cpu",
-            "index": None,
-            "vram_total": 0,
-            "vram_free": 0,
-            "torch_vram_total": 0,
-            "torch_vram_free": 0,
-        }
-    ]
+    system = stats["system"]
+    assert system["comfyui_version"] == "0.3.60" and system["embedded_python"] is False
+    assert {
+        "os",
+        "python_version",
+        "ram_total",
+        "ram_free",
+        "required_frontend_version",
+        "installed_templates_version",
+        "required_templates_version",
+    } <= set(system)
+    [device] = stats["devices"]
+    assert (device["name"], device["type"], device["index"]) == ("cpu", "cpu", None)
+    assert device["vram_total"] == device["torch_vram_total"] == system["ram_total"] > 0  # on a CPU: the RAM
     upload(client, "listed.png", png(4, 4))
     info = client.get("/api/object_info").json()
     assert set(info) == set(NODE_TYPES)
@@ -795,6 +1174,7 @@ def test_system_stats_and_object_info(client: httpx.Client) -> None:
     assert info["LoadImage"]["input"]["required"]["image"][0] == ["listed.png"]
     assert info["SaveImage"]["output_node"] is True
     assert list(client.get("/object_info/ImageScale").json()) == ["ImageScale"]
+    assert client.get("/object_info/Nope").json() == {}
 
 
 def test_routes_under_api_prefix_and_unknown_routes(emulator: ComfyUIEmulator, client: httpx.Client) -> None:
@@ -804,10 +1184,27 @@ def test_routes_under_api_prefix_and_unknown_routes(emulator: ComfyUIEmulator, c
     assert client.get("/api/history", params={"max_items": 5}).status_code == 200
     wait_history(client, prompt_id)
     assert client.get("/api/queue").json() == {"queue_running": [], "queue_pending": []}
-    assert client.get("/nope").status_code == 404
-    assert client.get("/upload/image").status_code == 405
-    assert client.get("/ws").status_code == 400  # not an upgrade
     assert [request.path for request in emulator.recorded("POST")][:1] == ["/api/prompt"]
+
+    # ComfyUI's web app answers every other GET: an empty 404, POST-only routes included.
+    for path in ("/nope", "/upload/image", "/interrupt"):
+        response = client.get(path)
+        assert (response.status_code, response.content) == (404, b""), path
+    for method, path in (("PUT", "/prompt"), ("DELETE", "/queue"), ("POST", "/nope")):
+        response = client.request(method, path)
+        assert response.status_code == 405 and response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert response.text == "405: Method Not Allowed"
+    not_upgraded = client.get("/ws")
+    assert not_upgraded.status_code == 400 and not_upgraded.text.startswith("No WebSocket UPGRADE hdr")
+
+
+def test_post_answers_without_body(client: httpx.Client) -> None:
+    for path, body in (("/interrupt", {}), ("/queue", {"clear": True}), ("/history", {"clear": True}), ("/free", {})):
+        response = client.post(path, json=body)
+        assert (response.status_code, response.content) == (200, b""), path
+    assert client.post("/interrupt", content=b"not json").status_code == 200  # read leniently
+    assert_server_error(client.post("/queue", content=b"not json"))
+    assert_server_error(client.get("/history", params={"max_items": "many"}))
 
 
 def test_api_key_is_required_everywhere() -> None:
@@ -832,14 +1229,15 @@ def test_api_key_is_required_everywhere() -> None:
         assert emulator.recorded("GET", "/system_stats")[0].headers.get("Authorization") is None
 
 
-def test_stop_while_running_is_prompt() -> None:
-    emulator = ComfyUIEmulator(task_seconds=10).start()
+def test_stop_does_not_wait_for_the_running_prompt() -> None:
+    # A node that would take minutes, and not a sampler: /interrupt would let it finish, stop() does not.
+    emulator = ComfyUIEmulator(task_seconds=600).start()
     with httpx.Client(base_url=emulator.base_url) as http:
-        prompt_id = submit(http, sdxl_graph())
+        upload(http, "still.png", png(8, 8))
+        prompt_id = submit(http, invert_graph("still.png"))
     wait_state(emulator, prompt_id, "running")
     stopper = threading.Thread(target=emulator.stop)
-    started = time.monotonic()
     stopper.start()
-    stopper.join(timeout=10)
-    assert not stopper.is_alive() and time.monotonic() - started < 5
+    stopper.join(timeout=30)
+    assert not stopper.is_alive()
     assert emulator.prompts[prompt_id].interrupted

@@ -426,19 +426,138 @@ def test_comfyui_video_outputs_are_fetched_through_view(comfyui):
     assert httpx.get(result.result_urls[0]).content[4:8] == b"ftyp"  # an MP4
 
 
+def test_comfyui_a_partly_valid_workflow_is_accepted_and_gives_its_result(comfyui):
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+    body = body_for(model, adapter, "", parent=png(120, 90))
+    body["4"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}  # no filename_prefix: invalid
+
+    task_id = adapter.submit(model, body, callback_url=None).task_id
+    result = Running()
+    deadline = time.monotonic() + 15
+    while isinstance(result, Running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        result = adapter.poll(model, task_id)
+
+    assert comfyui.prompts[task_id].node_errors["4"]["errors"][0]["type"] == "required_input_missing"
+    assert isinstance(result, Succeeded) and result_image(adapter, result).size == (120, 90)
+
+
+def test_comfyui_a_result_node_left_out_of_the_run_fails_naming_its_errors(comfyui):
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+    body = body_for(model, adapter, "", parent=png(120, 90))
+    del body["3"]["inputs"]["filename_prefix"]  # the result node fails validation...
+    body["4"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "other"}}  # ...not this
+
+    with pytest.raises(ProviderError) as caught:
+        adapter.submit(model, body, callback_url=None)
+
+    assert not caught.value.retryable and not caught.value.ambiguous
+    assert "will not run node 3" in caught.value.message
+    assert "node 3 (SaveImage) input 'filename_prefix': Required input is missing" in caught.value.message
+
+
+def test_comfyui_an_identical_prompt_served_from_the_cache_still_completes(comfyui):
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+    body = body_for(model, adapter, "", parent=png(120, 90), width=60, height=45)
+
+    first = drive(adapter, model, body)
+    second = drive(adapter, model, body)
+
+    cached = comfyui.history[list(comfyui.history)[-1]]["status"]["messages"][1][1]["nodes"]
+    assert cached == ["1", "2", "3"]  # nothing ran the second time
+    assert isinstance(second, Succeeded) and second.result_urls == first.result_urls
+    assert result_image(adapter, second).size == (60, 45)
+
+
+def test_comfyui_progress_counts_only_events_naming_the_prompt(comfyui):
+    import threading
+
+    from apps.ai_providers.providers.comfyui.adapter import client_id
+
+    comfyui.task_seconds = 3.0  # the weights-free workflow reports no progress of its own
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+    task_id = adapter.submit(model, body_for(model, adapter, "", parent=png(40, 30)), callback_url=None).task_id
+    deadline = time.monotonic() + 5
+    while comfyui.prompts[task_id].state != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    def stray_events():
+        """What else reaches the poll's socket: another prompt's progress, and progress naming no prompt."""
+        until = time.monotonic() + 5
+        while client_id(task_id) not in comfyui._sockets and time.monotonic() < until:
+            time.sleep(0.01)
+        socket = comfyui._sockets[client_id(task_id)]
+        socket.send_json({"type": "progress", "data": {"value": 5, "max": 10, "prompt_id": "another", "node": "3"}})
+        socket.send_json({"type": "progress", "data": {"value": 9, "max": 10}})
+
+    sender = threading.Thread(target=stray_events)
+    sender.start()
+    result = adapter.poll(model, task_id)
+    sender.join()
+
+    assert result == Running(progress=None)
+
+
+def test_comfyui_a_crash_of_the_server_is_a_clear_error(comfyui):
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+
+    with pytest.raises(ProviderError) as caught:
+        adapter.submit(model, {"1": 5}, callback_url=None)  # a node that is no object: ComfyUI answers 500
+
+    assert not caught.value.retryable and not caught.value.ambiguous
+    assert "HTTP 500" in caught.value.message and "crashed" in caught.value.message
+
+
+def test_comfyui_execution_errors_do_not_show_the_servers_paths(comfyui):
+    from sandbox.comfyui import SERVER_ROOT
+
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+    model = provider.models.get(name="Image scale (no weights)")
+    adapter = get_adapter(provider)
+    body = body_for(model, adapter, "", parent=png(40, 30))
+    comfyui.inputs[body["1"]["inputs"]["image"]] = b"not a picture"  # spoilt on the server after the upload
+
+    result = drive(adapter, model, body)
+
+    assert isinstance(result, Failed)
+    assert "node 1 (LoadImage) failed" in result.message and "cannot identify image file 'image.png'" in result.message
+    assert SERVER_ROOT not in result.message and "/input/" not in result.message
+
+
+def test_comfyui_check_connection_says_a_cpu_is_no_gpu(comfyui):
+    provider = install(HARNESSES["comfyui"], comfyui.base_url)
+
+    assert "cpu (no GPU)" in get_adapter(provider).check_connection()
+
+
 def test_kandinsky_waits_for_models_that_are_loading_but_not_for_a_failed_load():
-    with KandinskyEmulator(task_seconds=0.1, models_loaded=False) as emulator:
+    # The start-up load runs until released; then it fails, as a load from a missing folder does.
+    with KandinskyEmulator(task_seconds=0.1, load_seconds=60) as emulator:
         provider = install(HARNESSES["kandinsky"], emulator.base_url)
         model = provider.models.get(name="Kandinsky 2.2")
         adapter = get_adapter(provider)
         body = body_for(model, adapter, "x", width=64, height=64)
-        emulator.unloaded_reason = "loading is in progress"
         with pytest.raises(ProviderError) as loading:
             adapter.run(model, body, timeout=10)
-        emulator.unloaded_reason = "OSError: kandinsky-2-2-prior is not a local folder"
+        emulator.engine.load_error = "KANDINSKY_PRIOR=/models/prior: no such directory"
+        emulator.engine.release()
+        deadline = time.monotonic() + 5
+        while emulator.engine.state == "loading" and time.monotonic() < deadline:
+            time.sleep(0.01)
         with pytest.raises(ProviderError) as failed:
             adapter.run(model, body, timeout=10)
 
     assert loading.value.retryable
-    assert not failed.value.retryable and "is not a local folder" in failed.value.message
+    assert not failed.value.retryable and "no such directory" in failed.value.message
     assert "POST /reload" in failed.value.message

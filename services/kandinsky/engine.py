@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -26,9 +25,9 @@ from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline, Kandins
 from PIL import Image
 
 if __package__:  # loaded as part of a package (see fake_engine.py)
-    from .main import MAX_SEED, LoadError, ModelsNotLoaded, Result, Settings
+    from .main import MAX_SEED, LoadError, LoadState, ModelsNotLoaded, Result, Settings
 else:
-    from main import MAX_SEED, LoadError, ModelsNotLoaded, Result, Settings
+    from main import MAX_SEED, LoadError, LoadState, ModelsNotLoaded, Result, Settings
 
 logger = logging.getLogger("kandinsky.engine")
 # Per-component loading bars are noise in a service log; our own log line says how long loading took.
@@ -105,38 +104,16 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class Engine:
-    """The loaded pipelines and their state: ``idle`` (never loaded), ``loading``, ``ready`` or ``failed``."""
+class Engine(LoadState):
+    """The loaded pipelines and their state (``LoadState``)."""
 
     out_of_memory_error = torch.OutOfMemoryError
 
     def __init__(self, settings: Settings):
+        super().__init__()
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.pipelines: Pipelines | None = None
-        self.state = "idle"
-        self.error = ""
-        # Guards the state fields only, so /health can read them while a load runs in another thread.
-        self._state_lock = threading.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self.state == "ready"
-
-    def not_loaded_reason(self) -> str:
-        with self._state_lock:
-            if self.state == "loading":
-                return "loading is in progress"
-            if self.state == "failed":
-                return self.error
-            if self.state == "idle":
-                return "they have not been loaded yet"
-            return ""
-
-    def mark_loading(self) -> None:
-        """Set before a background load is scheduled, so that /health and /generate report it at once."""
-        with self._state_lock:
-            self.state = "loading"
 
     def load(self) -> None:
         """(Re)load the models, dropping the current ones first: a GPU rarely holds two copies. On failure

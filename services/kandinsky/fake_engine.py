@@ -44,9 +44,9 @@ from functools import lru_cache
 from PIL import Image, ImageDraw, ImageFont
 
 if __package__:  # loaded as part of a package: Genbox's sandbox does, under a module name of its own
-    from .main import MAX_SEED, LoadError, ModelsNotLoaded, Result, Settings
+    from .main import MAX_SEED, LoadError, LoadState, ModelsNotLoaded, Result, Settings
 else:  # run from this folder, as uvicorn and the service's tests do
-    from main import MAX_SEED, LoadError, ModelsNotLoaded, Result, Settings
+    from main import MAX_SEED, LoadError, LoadState, ModelsNotLoaded, Result, Settings
 
 SIZE_MULTIPLE = 64  # the real decoder's (engine.Pipelines.size_multiple for the real MoVQ)
 OUT_OF_MEMORY_MESSAGE = "CUDA out of memory. Tried to allocate 1.50 GiB"
@@ -104,7 +104,7 @@ def _seconds(value: str | None) -> float | None:
     return seconds if seconds >= 0 and math.isfinite(seconds) else None
 
 
-class FakeEngine:
+class FakeEngine(LoadState):
     """``engine.Engine``'s interface, drawing pictures with Pillow; see the module docstring.
 
     ``device`` is what ``/health`` reports: ``settings.device``, with ``auto`` read as ``cuda`` (it stands in
@@ -122,39 +122,19 @@ class FakeEngine:
         load_seconds: float = 0.0,
         load_error: str | None = None,
     ):
+        super().__init__()
         self.settings = settings or Settings()
         self.device = "cuda" if self.settings.device == "auto" else self.settings.device
         self.task_seconds = task_seconds
         self.load_seconds = load_seconds
         self.load_error = load_error
-        self.state = "idle"
-        self.error = ""
         self.generations: deque[FakeGeneration] = deque(maxlen=GENERATIONS_KEPT)
         self.loads = 0  # loads begun
         self._models = False  # "the pipelines": set by a successful load, dropped by unload
-        self._state_lock = threading.Lock()
         self._wakeup = threading.Condition()
         self._releases = 0
 
     # ---- the Engine interface ------------------------------------------------------------------------
-
-    @property
-    def loaded(self) -> bool:
-        return self.state == "ready"
-
-    def not_loaded_reason(self) -> str:
-        with self._state_lock:
-            if self.state == "loading":
-                return "loading is in progress"
-            if self.state == "failed":
-                return self.error
-            if self.state == "idle":
-                return "they have not been loaded yet"
-            return ""
-
-    def mark_loading(self) -> None:
-        with self._state_lock:
-            self.state = "loading"
 
     def load(self) -> None:
         """Take ``load_seconds`` (or until ``release()``), then become ``ready``, or ``failed`` with

@@ -18,6 +18,7 @@ import hmac
 import io
 import logging
 import os
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -97,6 +98,36 @@ class Result:
     seed: int
     width: int
     height: int
+
+
+class LoadState:
+    """Where an engine's models are: ``idle`` (never loaded), ``loading``, ``ready`` or ``failed`` (``error``
+    says why). Shared by the real engine and the sandbox's fake one, which must report loading alike."""
+
+    def __init__(self) -> None:
+        self.state = "idle"
+        self.error = ""
+        # Guards the state fields only, so /health can read them while a load runs in another thread.
+        self._state_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == "ready"
+
+    def not_loaded_reason(self) -> str:
+        with self._state_lock:
+            if self.state == "loading":
+                return "loading is in progress"
+            if self.state == "failed":
+                return self.error
+            if self.state == "idle":
+                return "they have not been loaded yet"
+            return ""
+
+    def mark_loading(self) -> None:
+        """Set before a background load is scheduled, so that /health and /generate report it at once."""
+        with self._state_lock:
+            self.state = "loading"
 
 
 class EngineLike(Protocol):

@@ -20,4 +20,4 @@ export CELERY_BROKER_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14}"
 export AWS_STORAGE_BUCKET_NAME=genbox-bench AWS_S3_ENDPOINT_URL="$S3_ENDPOINT"
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_S3_REGION_NAME=us-east-1
 export PYTHONPATH="$PWD/backend:$PWD"
-exec .venv/bin/python bench/pipeline_bench.py "$@"
+.venv/bin/python bench/pipeline_bench.py "$@"  # not exec: the EXIT trap must stop the moto server

@@ -40,6 +40,7 @@ class AssetSerializer(serializers.ModelSerializer):
             "height",
             "sha256",
             "error_message",
+            "last_error",
             "metadata",
             "created_at",
             "started_at",

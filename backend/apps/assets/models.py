@@ -77,6 +77,9 @@ class Asset(models.Model):
         default=0, help_text="Status queries failed since the last good one."
     )
     store_failures = models.PositiveIntegerField(default=0, help_text="Failed attempts to save the result to storage.")
+    unreachable_since = models.DateTimeField(
+        null=True, blank=True, help_text="Since when the provider refuses connections, while submissions retry."
+    )
     last_error = models.TextField(blank=True, help_text="Why the last attempt failed while the generation goes on.")
     callback_token = models.CharField(max_length=64, unique=True, null=True, blank=True)
     awaits_callback = models.BooleanField(

@@ -168,7 +168,7 @@ def move(
     elif held_by is not ANY:
         query = query.filter(lease_token=held_by)
     if due_by is not None:
-        query = query.filter(due_at__lte=due_by)
+        query = query.filter(Q(due_at__lte=due_by) | Q(due_at__isnull=True))
     values = {"lease_token": "", "lease_until": None, **fields, "stage": target, "status": status}
     if target == Stage.DONE:
         values.setdefault("due_at", None)
@@ -277,6 +277,7 @@ def submit(asset_id: int) -> None:
         deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
         poll_failures_in_a_row=0,
         last_error="",
+        unreachable_since=None,
     ):
         logger.error(
             "asset %s: provider task %s accepted after the submission was given up", asset.pk, submitted.task_id
@@ -297,6 +298,8 @@ def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
     timeout = model.effective_timeout_seconds
     started = timezone.now()
     lease_until = started + timedelta(seconds=timeout + 60)
+    # The first run gets the model's full timeout, the time in the GPU queue not counted; retries must fit in it.
+    deadline = started + timedelta(seconds=timeout) if asset.submit_attempts == 1 else asset.deadline_at
     if not move(
         asset,
         Stage.SUBMITTING,
@@ -304,7 +307,7 @@ def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
         held_by=lease,
         lease_token=lease,
         lease_until=lease_until,
-        deadline_at=started + timedelta(seconds=timeout),  # the time in the GPU queue does not count
+        deadline_at=deadline,
     ):
         return
     try:
@@ -370,9 +373,19 @@ def _progress_reader(asset_id: int, lease: str, lease_until, adapter):
 
 
 def _submit_failed(asset: Asset, lease: str, error: ProviderError) -> None:
-    """A submission that did not go through: queue it again later when that can help (rule 3), else fail."""
+    """A submission that did not go through: queue it again later when that can help (rule 3), else fail.
+
+    If the provider called back meanwhile naming the task (it did accept it), the task is adopted instead.
+    """
+    called_back = Asset.objects.filter(pk=asset.pk, lease_token=lease).values_list("external_task_id", flat=True)
+    if called_back.first():
+        asset.external_task_id = called_back.first()
+        logger.warning("asset %s: %s, but the provider called back: adopting its task", asset.pk, error.message)
+        _adopt(asset, held_by=lease)
+        return
     now = timezone.now()
-    unreachable_for = (now - asset.started_at).total_seconds() if asset.started_at else 0.0
+    unreachable_since = (asset.unreachable_since or now) if error.unreachable else None
+    unreachable_for = (now - unreachable_since).total_seconds() if unreachable_since else 0.0
     given_up = error.unreachable and unreachable_for >= settings.GENBOX_UNREACHABLE_SECONDS
     if error.retryable and not error.ambiguous and not given_up and now < asset.deadline_at:
         delay = _backoff(asset.submit_attempts, error.retry_after, cap=SUBMIT_BACKOFF_MAX)
@@ -383,6 +396,7 @@ def _submit_failed(asset: Asset, lease: str, error: ProviderError) -> None:
             held_by=lease,
             due_at=now + timedelta(seconds=delay),
             last_error=error.message[:4000],
+            unreachable_since=unreachable_since,
         ):
             logger.warning("asset %s: %s; submitting again in %.1f s", asset.pk, error.message, delay)
             _enqueue_submit(asset.pk, asset.ai_model, countdown=delay)
@@ -452,6 +466,7 @@ def poll(asset_id: int) -> None:
             held_by=lease,
             progress=result.progress if result.progress is not None else asset.progress,
             poll_failures_in_a_row=0,
+            last_error="",
             due_at=now + timedelta(seconds=delay),
         )
         if moved and not asset.awaits_callback:  # otherwise the sweeper sends the next one when it is due
@@ -689,6 +704,31 @@ def _store_failed(
         _schedule_poll(asset.pk, delay)
 
 
+def _adopt(asset: Asset, *, held_by: str | Holder) -> int:
+    """Follow the task a callback named while the asset was SUBMITTING (rule 3): POLLING, a poll due now to
+    confirm it. 1 if adopted."""
+    from .tasks import generation_poll
+
+    if asset.ai_model is None:
+        return _fail(asset, "The AI model was deleted while the generation was being submitted.", held_by=held_by)
+    now = timezone.now()
+    if not move(
+        asset,
+        Stage.SUBMITTING,
+        Stage.POLLING,
+        held_by=held_by,
+        submitted_at=asset.started_at,
+        due_at=now,
+        deadline_at=now + timedelta(seconds=asset.ai_model.effective_timeout_seconds),
+        awaits_callback=False,
+        unreachable_since=None,
+    ):
+        return 0
+    logger.warning("asset %s: adopted task %s from its callback", asset.pk, asset.external_task_id)
+    generation_poll.delay(asset.pk)
+    return 1
+
+
 # --- The sweeper -------------------------------------------------------------------------------------
 
 
@@ -711,19 +751,7 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
 
     for asset in unfinished.filter(stage=Stage.SUBMITTING, lease_until__lt=now)[:batch]:
         if asset.external_task_id:  # a callback named the task the dead worker had sent: adopt it, poll to confirm
-            if move(
-                asset,
-                Stage.SUBMITTING,
-                Stage.POLLING,
-                held_by=EXPIRED,
-                submitted_at=asset.started_at,
-                due_at=now,
-                deadline_at=now + timedelta(seconds=asset.ai_model.effective_timeout_seconds),
-                awaits_callback=False,
-            ):
-                logger.warning("asset %s: adopted task %s from its callback", asset.pk, asset.external_task_id)
-                generation_poll.delay(asset.pk)
-                counts["adopted"] += 1
+            counts["adopted"] += _adopt(asset, held_by=EXPIRED)
             continue
         counts["lost_submissions"] += _fail(
             asset,

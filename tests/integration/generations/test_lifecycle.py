@@ -158,6 +158,26 @@ def test_a_server_that_refuses_connections_is_given_up_after_the_limit_with_the_
     assert "2 attempts" in asset.error_message and "GENBOX_UNREACHABLE_SECONDS" in asset.error_message
 
 
+def test_refused_connections_count_from_the_first_refusal_not_from_the_first_attempt(fake_provider, box, settings):
+    settings.GENBOX_UNREACHABLE_SECONDS = 60
+    asset = start(box)
+    busy = ProviderError("Fake: rate limited (429)", retryable=True)
+    refused = ProviderError("Fake: cannot connect to fake.test (ConnectError)", retryable=True, unreachable=True)
+    fake_provider.submits.extend([busy, refused, refused])
+
+    lifecycle.submit(asset.pk)
+    with after(120):  # busy for two minutes, then down: the first refusal starts the count
+        lifecycle.submit(asset.pk)
+        assert reload(asset).stage == Stage.QUEUED
+        refused_since = reload(asset).unreachable_since
+    with after(150):
+        lifecycle.submit(asset.pk)
+
+    asset = reload(asset)
+    assert asset.stage == Stage.QUEUED and asset.unreachable_since == refused_since
+    assert asset.last_error == refused.message
+
+
 def test_a_generation_that_times_out_in_the_queue_keeps_the_last_cause(fake_provider, box):
     asset = start(box, timeout=60)
     fake_provider.submits.append(ProviderError("Fake: server error (500)", retryable=True))
@@ -181,6 +201,23 @@ def test_a_retry_after_a_synchronous_run_uses_the_deadline_the_run_moved(fake_pr
 
     asset = reload(asset)
     assert (asset.stage, asset.last_error) == (Stage.QUEUED, "Fake GPU: server error (500)")
+
+
+def test_a_task_named_by_a_callback_is_adopted_when_the_submission_then_fails(fake_provider, sent_tasks, box):
+    asset = start(box)
+    fake_provider.callback_task_id = "t-1"
+
+    def accepted_and_called_back_but_the_answer_was_lost(adapter):
+        lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+        return ProviderError("Fake: no answer in time (ReadTimeout)", retryable=True, ambiguous=True)
+
+    fake_provider.submits.append(accepted_and_called_back_but_the_answer_was_lost)
+    lifecycle.submit(asset.pk)
+
+    asset = reload(asset)
+    assert (asset.stage, asset.status, asset.external_task_id) == (Stage.POLLING, Status.PROCESSING, "t-1")
+    assert sent_tasks[-1] == (POLL, asset.pk, None)  # confirmed by a poll now, never sent again
+    assert [call for call, _ in fake_provider.sent] == ["submit"]
 
 
 def test_a_worker_killed_while_submitting_is_failed_by_the_sweeper_and_never_resent(fake_provider, box, settings):
@@ -248,7 +285,7 @@ def test_a_running_task_is_polled_again_later_and_a_duplicate_poll_does_nothing(
     asset = reload(asset)
     assert (asset.stage, asset.progress, asset.polls_sent) == (Stage.POLLING, 0.4, 1)
     assert [call for call, _ in fake_provider.sent] == ["submit", "poll"]
-    assert sent_tasks[-1][:2] == (POLL, asset.pk)
+    assert len(sent_tasks) == 2 and sent_tasks[1][:2] == (POLL, asset.pk)  # the first: the submission's
 
 
 def test_a_callback_during_a_poll_is_not_undone_by_that_polls_answer(fake_provider, sent_tasks, box):
@@ -270,6 +307,24 @@ def test_a_callback_during_a_poll_is_not_undone_by_that_polls_answer(fake_provid
     asset = reload(asset)
     assert (asset.status, asset.error_message) == (Status.FAILED, "Fake: the task failed")
     assert [call for call, _ in fake_provider.sent] == ["submit", "poll", "poll"]
+
+
+def test_the_sweeper_sends_no_poll_while_a_poll_holds_the_asset(fake_provider, sent_tasks, box, settings):
+    asset = submitted(box, fake_provider)
+    late = settings.GENBOX_SWEEP_GRACE + 10
+    with after(late):
+        assert move(
+            reload(asset),
+            Stage.POLLING,
+            Stage.POLLING,
+            held_by=FREE,
+            lease_token="polling now",
+            lease_until=timezone.now() + timedelta(seconds=60),
+        )
+        assert lifecycle.sweep()["requeued_polls"] == 0
+    with after(late + 61):  # that poll's worker died: its lease ran out
+        assert lifecycle.sweep()["requeued_polls"] == 1
+    assert sent_tasks[-1] == (POLL, asset.pk, None)
 
 
 def test_a_callback_for_another_task_changes_nothing(fake_provider, box):
@@ -376,7 +431,7 @@ def test_an_unexpected_error_while_storing_leaves_the_asset_to_be_tried_again_no
     asset = reload(asset)
     assert (asset.stage, asset.lease_token, asset.store_failures) == (Stage.POLLING, "", 1)
     assert asset.last_error == "Storing the result failed on the worker"
-    assert sent_tasks[-1][:2] == (POLL, asset.pk)
+    assert len(sent_tasks) == 2 and sent_tasks[1][:2] == (POLL, asset.pk)  # the first: the submission's
 
 
 def test_a_store_whose_worker_died_is_taken_back_by_the_sweeper(fake_provider, sent_tasks, box, settings):

@@ -3,13 +3,17 @@ stage; it becomes ``due_at``, and a lease gets ``lease_token`` and ``lease_until
 what they count, and the last error of a generation that goes on is kept in ``last_error``."""
 
 from django.db import migrations, models
+from django.utils import timezone
 
 
 def split_leases(apps, schema_editor):
-    """Generations in flight during the upgrade: in SUBMITTING and STORING the old column held a lease."""
+    """Generations in flight during the upgrade: in SUBMITTING and STORING the old column held a lease (one
+    without an end ends now, so that the sweeper can take the asset back)."""
     Asset = apps.get_model("assets", "Asset")
     for asset in Asset.objects.filter(stage__in=["SUBMITTING", "STORING"]).only("pk", "due_at"):
-        Asset.objects.filter(pk=asset.pk).update(lease_token="upgraded", lease_until=asset.due_at, due_at=None)
+        Asset.objects.filter(pk=asset.pk).update(
+            lease_token="upgraded", lease_until=asset.due_at or timezone.now(), due_at=None
+        )
 
 
 class Migration(migrations.Migration):
@@ -62,6 +66,15 @@ class Migration(migrations.Migration):
             model_name="asset",
             name="store_failures",
             field=models.PositiveIntegerField(default=0, help_text="Failed attempts to save the result to storage."),
+        ),
+        migrations.AddField(
+            model_name="asset",
+            name="unreachable_since",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="Since when the provider refuses connections, while submissions retry.",
+                null=True,
+            ),
         ),
         migrations.AddField(
             model_name="asset",

@@ -244,9 +244,10 @@ def submit(asset_id: int) -> None:
         _fail(asset, f"The request for {model.name} could not be built: {exc}", held_by=lease)
         return
     except ProviderError as error:  # uploading the source image to the provider failed; nothing was submitted
-        _submit_failed(
-            asset, lease, ProviderError(error.message, retryable=error.retryable, retry_after=error.retry_after)
+        nothing_sent = ProviderError(
+            error.message, retryable=error.retryable, retry_after=error.retry_after, unreachable=error.unreachable
         )
+        _submit_failed(asset, lease, nothing_sent)
         return
     except Exception:  # reading the source from storage failed (S3 down, file gone); nothing was sent
         logger.exception("asset %s: preparing the request failed", asset.pk)

@@ -6,6 +6,8 @@ Modes:
   large       one video result of SIZE bytes: the worker's peak memory growth while it streams it to S3.
   throughput  N generations at an instant provider: generations per second from the first API request to the
               last COMPLETED asset.
+  crash       N generations while the worker is killed with SIGKILL K times: every generation must end, none
+              may be submitted twice, every completed one must have its file.
 
 The emulator runs inside this process (threads), so its record of every request and of when each task
 finished at the provider is at hand. The API, the worker and beat are the Procfile's lines, separate processes.
@@ -147,6 +149,7 @@ class Stack:
         self.api = Process("web", env)
         self.worker = Process("worker", env)
         self.beat = Process("beat", env)
+        self.env = env
         self._wait_for_api()
         self.token, self.box_id, self.models = self._setup_data()
 
@@ -198,6 +201,12 @@ class Stack:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"{left} generations unfinished after {timeout:.0f} s")
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker and its pool children (an OOM kill, a lost machine), then start a new one."""
+        os.killpg(self.worker.popen.pid, signal.SIGKILL)
+        self.worker.popen.wait()
+        self.worker = Process("worker", self.env)
 
     def close(self) -> None:
         for process in (self.beat, self.worker, self.api):
@@ -372,21 +381,88 @@ def throughput(args) -> dict:
         stack.close()
 
 
+def crash(args) -> dict:
+    """Kill -9 the worker every ``--kill-every`` seconds while ``--count`` generations run, then let the
+    sweeper repair what the kills left: every generation must end, none may be submitted twice, and every
+    completed one must have its file. The sweeper runs every 5 s and the leases are short here (30 s to submit,
+    60 s to store), so the repair is seen within minutes."""
+    from collections import Counter
+
+    from apps.assets.models import Asset
+
+    os.environ.update(
+        GENBOX_SWEEP_INTERVAL="5",
+        GENBOX_SWEEP_GRACE="15",
+        GENBOX_SUBMIT_LEASE_SECONDS="30",
+        GENBOX_STORE_LEASE_SECONDS="60",
+    )
+    stack = Stack(callbacks=args.callbacks, task_seconds=args.seconds, concurrency=args.concurrency)
+    try:
+        started = time.monotonic()
+        ids: list[int] = []
+        in_flight_at_kills: Counter = Counter()
+        kills = 0
+        with ThreadPoolExecutor(1) as sender:
+            sending = sender.submit(stack.generate_many, "Nano Banana", args.count, "crash")
+            while kills < args.kills:
+                time.sleep(args.kill_every)
+                stages = Asset.objects.exclude(stage=Asset.Stage.DONE).values_list("stage", flat=True)
+                in_flight_at_kills.update(stages)
+                stack.kill_worker()
+                kills += 1
+            ids = sending.result()
+        stack.wait_done(ids, timeout=args.seconds * 4 + 900)
+        assets = list(Asset.objects.filter(pk__in=ids))
+        sent = Counter((record.json or {}).get("input", {}).get("prompt") for record in stack.emulator.submissions())
+        completed = [a for a in assets if a.status == Asset.Status.COMPLETED]
+        stored = {name for name in (a.file.name for a in completed) if name and a_file_exists(name)}
+        return {
+            "mode": "crash",
+            "callbacks": args.callbacks,
+            "count": args.count,
+            "provider_seconds": args.seconds,
+            "kills": kills,
+            "stages_in_flight_at_the_kills": dict(in_flight_at_kills),
+            "completed": len(completed),
+            "failed": len(assets) - len(completed),
+            "failures": dict(Counter(a.error_message[:100] for a in assets if a.status == Asset.Status.FAILED)),
+            "submitted_twice": sum(1 for count in sent.values() if count > 1),
+            "never_submitted_but_completed": sum(1 for a in completed if not sent.get(a.prompt_text)),
+            # A failed generation the provider had accepted is a task paid for and lost.
+            "failed_after_the_provider_accepted_it": sum(
+                1 for a in assets if a.status == Asset.Status.FAILED and sent.get(a.prompt_text)
+            ),
+            "adopted_from_a_callback": sum(1 for a in assets if a.submitted_at and a.submitted_at == a.started_at),
+            "completed_with_a_stored_file": len(stored),
+            "seconds_to_last_finished": round(time.monotonic() - started, 1),
+        }
+    finally:
+        stack.close()
+
+
+def a_file_exists(name: str) -> bool:
+    from django.core.files.storage import default_storage
+
+    return default_storage.exists(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["inflight", "large", "throughput"])
+    parser.add_argument("mode", choices=["inflight", "large", "throughput", "crash"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0, help="provider time per generation (inflight)")
     parser.add_argument("--size", type=int, default=1_000_000_000, help="result bytes (large)")
     parser.add_argument("--no-callbacks", dest="callbacks", action="store_false")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default: 2, as shipped)")
     parser.add_argument("--rate-limit", type=int, default=None, help="emulator: new tasks per 10 s (inflight)")
+    parser.add_argument("--kills", type=int, default=10, help="crash: how many times the worker is killed")
+    parser.add_argument("--kill-every", type=float, default=5.0, help="crash: seconds between kills")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
     django.setup()
-    result = {"inflight": inflight, "large": large, "throughput": throughput}[args.mode](args)
+    result = {"inflight": inflight, "large": large, "throughput": throughput, "crash": crash}[args.mode](args)
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     result["machine"] = f"{os.cpu_count()} cores, {memory_gib:.0f} GiB"
     print(json.dumps(result, indent=2))

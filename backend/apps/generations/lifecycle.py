@@ -378,9 +378,11 @@ def _submit_failed(asset: Asset, lease: str, error: ProviderError) -> None:
 
     If the provider called back meanwhile naming the task (it did accept it), the task is adopted instead.
     """
-    called_back = Asset.objects.filter(pk=asset.pk, lease_token=lease).values_list("external_task_id", flat=True)
-    if called_back.first():
-        asset.external_task_id = called_back.first()
+    called_back = (
+        Asset.objects.filter(pk=asset.pk, lease_token=lease).values_list("external_task_id", flat=True).first()
+    )
+    if called_back:
+        asset.external_task_id = called_back
         logger.warning("asset %s: %s, but the provider called back: adopting its task", asset.pk, error.message)
         _adopt(asset, held_by=lease)
         return

@@ -1,13 +1,12 @@
 """Fixtures for driving the lifecycle step by step: a scripted provider, the tasks it would send, a result server."""
 
-import io
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from PIL import Image
 
 from apps.ai_providers import registry
+from tests.support import media_samples
 from tests.support.fake_adapter import FakeAdapter, Script
 
 
@@ -44,16 +43,10 @@ def fake_provider(db, monkeypatch, sent_tasks):
     return script
 
 
-def png_bytes(width: int = 64, height: int = 48) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (20, 120, 60)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def result_url():
     """A URL serving a small PNG over real HTTP, as a provider's result link does."""
-    content = png_bytes()
+    content = media_samples.png_bytes()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):

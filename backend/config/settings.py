@@ -34,6 +34,16 @@ def _env_positive_int(name: str, default: int) -> int:
     return value
 
 
+def _env_positive_float(name: str, default: float) -> float:
+    try:
+        value = env.float(name, default=default)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {env.str(name)!r}") from exc
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be greater than 0, got {value}")
+    return value
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = env.str(name, default="").strip().lower()
     if raw == "":
@@ -241,6 +251,13 @@ GENBOX_SAFETY_POLL_SECONDS = _env_positive_int("GENBOX_SAFETY_POLL_SECONDS", 30)
 GENBOX_RESULT_MAX_BYTES = _env_positive_int("GENBOX_RESULT_MAX_BYTES", 5 * 1024**3)
 GENBOX_RESULT_MAX_SIDE = _env_positive_int("GENBOX_RESULT_MAX_SIDE", 16384)
 GENBOX_SOURCE_URL_EXPIRE = _env_positive_int("GENBOX_SOURCE_URL_EXPIRE", 24 * 3600)
+# Polls: beat sends a poll task this often; each claims up to GENBOX_POLL_BATCH due generations and asks
+# their providers with GENBOX_POLL_CONCURRENCY threads at once.
+GENBOX_POLL_TICK_SECONDS = _env_positive_float("GENBOX_POLL_TICK_SECONDS", 1.0)
+GENBOX_POLL_BATCH = _env_positive_int("GENBOX_POLL_BATCH", 200)
+GENBOX_POLL_CONCURRENCY = _env_positive_int("GENBOX_POLL_CONCURRENCY", 16)
+# Results are downloaded and saved by tasks on this queue, so large transfers never hold polls back.
+GENBOX_STORE_QUEUE = env.str("GENBOX_STORE_QUEUE", default="store")
 # Providers that answer synchronously (AUTOMATIC1111, the Kandinsky service) hold a worker for the whole
 # generation; their submissions go to this queue, served by workers with one slot per GPU
 # (``celery -A config worker -Q gpu --concurrency 1``). A provider's ``settings.queue`` overrides it.
@@ -316,8 +333,14 @@ CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "generation-sweep": {"task": "genbox.generation.sweep", "schedule": float(GENBOX_SWEEP_INTERVAL)},
+    "generation-poll-due": {
+        "task": "genbox.generation.poll_due",
+        "schedule": GENBOX_POLL_TICK_SECONDS,
+        "options": {"expires": max(5.0, 5 * GENBOX_POLL_TICK_SECONDS)},
+    },
 }
-# Countdown tasks wait in Redis unacknowledged; redelivery must not come before the longest countdown.
+# Countdown tasks (submission retries) and long stores wait in Redis unacknowledged; redelivery must not
+# come before the longest of them.
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = GENBOX_STORE_LEASE_SECONDS + 600
 

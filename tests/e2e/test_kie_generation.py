@@ -130,7 +130,7 @@ def test_provider_failures_fail_the_asset_with_a_reason(api, box, kie, kie_emula
 def test_a_malformed_status_answer_is_retried(api, box, kie, kie_emulator, bucket):
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
 
-    asset = wait_for(generate(api, box, model, unique("cat [[malformed-once]]")).json()["id"])
+    asset = wait_for(generate(api, box, model, unique("cat [[malformed-once]] [[nocallback]]")).json()["id"])
 
     assert asset.status == Asset.Status.COMPLETED, asset.error_message
     assert kie_emulator.polls_for(asset.external_task_id) >= 2
@@ -139,7 +139,7 @@ def test_a_malformed_status_answer_is_retried(api, box, kie, kie_emulator, bucke
 def test_status_answers_that_stay_malformed_fail_after_the_error_limit(api, box, kie, kie_emulator, bucket):
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
 
-    asset = wait_for(generate(api, box, model, unique("cat [[malformed]]")).json()["id"], timeout=90)
+    asset = wait_for(generate(api, box, model, unique("cat [[malformed]] [[nocallback]]")).json()["id"], timeout=90)
 
     assert asset.status == Asset.Status.FAILED
     assert "unreadable answer to the status query" in asset.error_message
@@ -172,19 +172,20 @@ def test_rate_limited_submissions_are_waited_out(api, box, kie, kie_emulator, bu
         assert len([s for s in kie_emulator.submissions() if asset.prompt_text in str(s.json)]) == 1
 
 
-def test_a_signed_callback_completes_the_task_before_the_next_poll(api, box, kie, kie_emulator, bucket):
+def test_a_signed_callback_with_the_result_completes_the_task_without_a_poll(api, box, kie, kie_emulator, bucket):
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
 
-    asset = wait_for(generate(api, box, model, unique("cat [[slow:4]]")).json()["id"])
+    asset = wait_for(generate(api, box, model, unique("cat [[slow:2]]")).json()["id"])
 
     task = kie_emulator.tasks[asset.external_task_id]
     assert asset.status == Asset.Status.COMPLETED
     assert task.callback_status == 200
-    # The task ends at 4 s; without the callback the poll at 2 s finds it running, and the next (safety-net)
-    # poll comes no sooner than 3 s later (GENBOX_SAFETY_POLL_SECONDS in the test worker), plus a sweep.
+    # The first safety-net poll would come no sooner than 3 s (GENBOX_SAFETY_POLL_SECONDS in the test worker).
+    assert kie_emulator.polls_for(asset.external_task_id) == 0
+    assert asset.metadata["result_urls"][0].startswith(f"{kie_emulator.base_url}/files/{asset.external_task_id}/")
     provider_end = task.created_at + (task.ends_at - task.started)
     lag = asset.finished_at.timestamp() - provider_end
-    assert lag < 1.5, f"completed {lag:.1f} s after the provider finished: the callback did not trigger a poll"
+    assert lag < 1.5, f"completed {lag:.1f} s after the provider finished"
 
 
 def test_a_lost_callback_is_covered_by_the_sweepers_safety_net_poll(api, box, kie, kie_emulator, bucket):
@@ -263,13 +264,13 @@ def test_a_generation_past_its_deadline_fails_with_a_timeout(api, box, kie, kie_
 
 
 def test_duplicate_task_deliveries_submit_and_store_once(api, box, kie, kie_emulator, bucket):
-    from apps.generations.tasks import generation_poll, generation_submit
+    from apps.generations.tasks import generation_poll_due, generation_submit
 
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
     asset_id = generate(api, box, model, unique("cat duplicate")).json()["id"]
     for _ in range(3):
         generation_submit.delay(asset_id)
-        generation_poll.delay(asset_id)
+        generation_poll_due.delay()
 
     asset = wait_for(asset_id)
     time.sleep(1)

@@ -3,7 +3,9 @@
 ``FakeAdapter.script`` says what the provider answers: each ``submits`` / ``polls`` / ``runs`` entry is used
 once, in order (an exception is raised, anything else returned), and a callable entry is called first with
 the adapter (to make something happen while the request is "in flight") and its return value used.
-``sent`` records each call. Registered as the provider kind ``fake`` by the ``fake_provider`` fixture.
+``sent`` records each call; ``callback_task_id`` / ``callback_result`` are what every callback names and
+carries (a result stands for a signed callback). Registered as the provider kind ``fake`` by the
+``fake_provider`` fixture.
 """
 
 from collections import deque
@@ -20,6 +22,7 @@ class Script:
     runs: deque = field(default_factory=deque)
     sent: list[tuple[str, Any]] = field(default_factory=list)
     callback_task_id: str = ""
+    callback_result: Any = None
 
 
 class FakeAdapter(Adapter):
@@ -52,6 +55,9 @@ class FakeAdapter(Adapter):
 
     def callback_task_id(self, model, headers: dict[str, str], body: bytes) -> str:
         return self.script.callback_task_id
+
+    def callback_result(self, model, headers: dict[str, str], body: bytes):
+        return self.script.callback_result
 
 
 class SynchronousFakeAdapter(FakeAdapter):

@@ -203,6 +203,15 @@ class Adapter:
         """The task id a callback is about, after checking its signature. Raises ``CallbackRejected``."""
         raise CallbackRejected(f"{self.label} does not send callbacks")
 
+    def callback_result(self, model: "AIModel", headers: dict[str, str], body: bytes) -> "Succeeded | None":
+        """The result a *signed* callback carries, so the asset can be stored without a confirming poll.
+
+        Called only after ``callback_task_id`` accepted the callback. None (the default) when the callback is
+        unsigned or carries no usable result: the lifecycle then polls, which is the only authority an
+        unsigned callback may trigger.
+        """
+        return None
+
     def secrets(self) -> list[str]:
         """Values that must never be stored or logged (redacted from stored request copies)."""
         return [self.provider.api_key] if self.provider.api_key else []

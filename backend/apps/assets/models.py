@@ -101,7 +101,13 @@ class Asset(models.Model):
             models.Index(fields=["box", "-created_at"], name="asset_box_created_idx"),
             models.Index(fields=["box", "status", "-created_at"], name="asset_box_status_created_idx"),
             models.Index(fields=["box", "asset_type", "-created_at"], name="asset_box_type_created_idx"),
-            # The sweeper: unfinished generations whose next step is due.
+            # The poll schedule: a model's recent provider times (lifecycle.typical_provider_seconds).
+            models.Index(
+                fields=["ai_model", "-provider_finished_at"],
+                name="asset_model_finished_idx",
+                condition=models.Q(status="COMPLETED"),
+            ),
+            # Polls claimed in batches and the sweeper: unfinished generations whose next step is due.
             models.Index(
                 fields=["stage", "due_at"],
                 name="asset_stage_due_idx",

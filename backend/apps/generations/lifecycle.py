@@ -1,6 +1,7 @@
 """The generation lifecycle: every rule between a queued generation and a stored file (or a reason why not).
 
-An asset moves through ``Asset.stage``, and each stage implies the status clients see (``MOVES``, ``STATUS_OF``)::
+An asset moves through ``Asset.stage``, and each stage implies the status clients see (``machine.MOVES``,
+``machine.STATUS_OF``)::
 
     QUEUED ─submit─▶ SUBMITTING ─▶ POLLING ─poll / callback─▶ STORING ─▶ DONE (COMPLETED)
     (PENDING)  ▲     (PROCESSING)   │ synchronous providers ──▶ ▲          any failure ─▶ DONE (FAILED + error_message)
@@ -8,8 +9,9 @@ An asset moves through ``Asset.stage``, and each stage implies the status client
 
 The rules:
 
-1. The database is the source of truth, and ``move`` is the only way the lifecycle writes an asset. It moves
-   from the stage the caller expects, only while the caller still holds the asset (its lease, ``lease_token``),
+1. The database is the source of truth, and ``machine.py`` is the only way the lifecycle writes an asset
+   (``move`` for one, ``move_many`` / ``claim_due`` for a batch in one statement). It moves from the stage
+   the caller expects, only while the caller still holds the asset (its lease, ``lease_token``),
    sets the status the new stage implies and says whether it won; a worker acts only when it won. Duplicate or
    late task deliveries therefore do nothing: nothing is submitted twice, stored twice, or changed once DONE,
    and a write can never overwrite a newer event (a callback revokes the lease of a poll in flight).
@@ -23,21 +25,27 @@ The rules:
    Definite refusals worth waiting out (429, maintenance, 5xx, no connection) go back to QUEUED and are
    retried with backoff until the deadline, the last error and the attempts kept on the asset; a server that
    refuses connections for ``GENBOX_UNREACHABLE_SECONDS`` is given up sooner.
-4. No worker waits for a provider. After each poll the next one is scheduled with a countdown and its due
-   time kept in ``due_at``; intervals start at 2 s and grow with the task's age. ``deadline_at`` (the model's
-   timeout) ends it.
-5. A callback (``/api/callbacks/<token>/``) makes the asset due at once: the poll that follows reads the
-   authoritative result, so a forged or partial callback body can never complete an asset. While a
-   callback is expected (``awaits_callback``) only the first poll (at 2 s) is scheduled: after it the sweeper
-   sends a sparse safety-net poll whenever ``due_at`` passes (``GENBOX_SAFETY_POLL_SECONDS``, growing with the
-   task's age to 5 min), in case the callback is lost.
-6. Results are streamed to a temporary file, identified by their bytes (``inspect_media``), then streamed to
-   storage; size, type, dimensions and SHA-256 are recorded. A failing storage is not the provider's fault:
-   saving is retried with its own backoff (``store_failures``) until the deadline, and never counts toward
+4. No worker waits for a provider, and no poll has a message of its own. After each poll the next one's time
+   is kept in ``due_at``; beat sends ``poll_due`` every ``GENBOX_POLL_TICK_SECONDS``, which claims the due
+   assets in batches and asks their providers concurrently. The intervals learn each model's typical provider
+   time (``_poll_delay``): the first poll comes shortly before it, then they grow from 2 s; a model without a
+   history is polled at 2, 4, 8, 16 s… ``deadline_at`` (the model's timeout) ends it.
+5. A callback (``/api/callbacks/<token>/``) makes the asset due at once, so the next batch reads the
+   authoritative result: an unsigned callback body never completes an asset. A callback whose signature the
+   adapter verified may carry the result itself (``Adapter.callback_result``), which then goes to storage
+   without a poll. While a callback is expected (``awaits_callback``) polling is a sparse safety net in case
+   it is lost: from ``GENBOX_SAFETY_POLL_SECONDS`` or 1.5× the typical time, growing with the task's age to
+   5 min.
+6. A result to download goes to the store queue (``GENBOX_STORE_QUEUE``) with its URLs in the message only
+   (they may carry credentials; the asset keeps them without their query string). Results are streamed to
+   a temporary file, identified by their bytes (``inspect_media``), then streamed to storage; size, type,
+   dimensions and SHA-256 are recorded. A failing storage is not the provider's fault: saving is retried
+   with its own backoff (``store_failures``) until the deadline, and never counts toward
    ``GENBOX_POLL_ERROR_LIMIT``; what users read of it names neither the storage endpoint nor the object key.
-7. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-enqueues work whose message was lost
-   (killed worker, flushed broker), sends the safety-net polls of rule 5, fails what is past its deadline,
-   fails submissions whose lease ran out (rule 3) and takes back stores whose lease ran out.
+7. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-sends submissions whose message was lost
+   (killed worker, flushed broker), fails what is past its deadline, fails submissions whose lease ran out
+   (rule 3) and takes back stores whose lease ran out (polled again first: the URLs were in the lost message).
+   Polls need no repair: a poll batch that dies leaves its assets due, and its lease runs out in 2 minutes.
 8. Synchronous providers (A1111, the Kandinsky service: ``Adapter.synchronous``) answer the request with
    the picture, so rule 4 cannot hold for them: their submissions go to the GPU queue
    (``GENBOX_GPU_QUEUE``), served with one slot per GPU, and the worker waits up to the model's timeout
@@ -53,17 +61,16 @@ import hashlib
 import logging
 import random
 import re
-import secrets
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
-from django.db.models import F, Q, Value
-from django.db.models.expressions import Combinable
+from django.db.models import Case, DateTimeField, F, FloatField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -76,6 +83,8 @@ from apps.assets.media import MediaRejected, inspect_media
 from apps.assets.models import Asset
 from apps.assets.storage import file_url
 
+from .machine import ANY, EXPIRED, FREE, Holder, claim_due, move, move_many, new_lease
+
 logger = logging.getLogger(__name__)
 
 Stage = Asset.Stage
@@ -83,104 +92,19 @@ Status = Asset.Status
 
 # A delivery this early is a stale duplicate of one already scheduled.
 _DUE_SLACK = timedelta(seconds=1)
-# How long one poll may hold the asset (longer than the HTTP timeouts).
+# How long one batch of polls may hold its assets (longer than the HTTP timeouts).
 _POLL_LEASE = timedelta(seconds=120)
-FIRST_POLL_SECONDS = 2.0
 POLL_INTERVAL_MIN = 2.0
-POLL_INTERVAL_MAX = 10.0
+POLL_INTERVAL_MAX = 30.0
+# The learned schedule (rule 4): the recent runs it looks at, and how many it needs before it trusts them.
+TYPICAL_RUNS = 20
+TYPICAL_RUNS_MIN = 5
+TYPICAL_CACHE = timedelta(seconds=60)
 CALLBACK_POLL_INTERVAL_MAX = 300.0
 SUBMIT_BACKOFF_MAX = 60.0
 STORE_BACKOFF_MAX = 120.0
 # How often a synchronous generation's progress is read from the provider.
 SYNC_PROGRESS_SECONDS = 2.0
-
-
-# --- The machine -------------------------------------------------------------------------------------
-
-# Every stage and the stages it may move to. A move to the same stage renews or hands over the lease.
-MOVES: dict[str, frozenset[str]] = {
-    Stage.QUEUED: frozenset({Stage.QUEUED, Stage.SUBMITTING, Stage.DONE}),
-    Stage.SUBMITTING: frozenset({Stage.SUBMITTING, Stage.QUEUED, Stage.POLLING, Stage.STORING, Stage.DONE}),
-    Stage.POLLING: frozenset({Stage.POLLING, Stage.STORING, Stage.DONE}),
-    Stage.STORING: frozenset({Stage.POLLING, Stage.DONE}),
-    Stage.DONE: frozenset(),
-}
-# The status each stage shows; DONE shows the outcome, COMPLETED or FAILED.
-STATUS_OF: dict[str, str] = {
-    Stage.QUEUED: Status.PENDING,
-    Stage.SUBMITTING: Status.PROCESSING,
-    Stage.POLLING: Status.PROCESSING,
-    Stage.STORING: Status.PROCESSING,
-}
-
-
-class Holder:
-    """Whom a move requires to hold the asset, besides a lease token: nobody (``FREE``: no lease, or one that
-    ran out), anybody (``ANY``: a callback revoking a poll in flight), or only an expired lease (``EXPIRED``:
-    the sweeper taking back what a dead worker held)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Holder.{self.name}"
-
-
-FREE, ANY, EXPIRED = Holder("FREE"), Holder("ANY"), Holder("EXPIRED")
-
-
-def new_lease() -> str:
-    return secrets.token_hex(16)
-
-
-def move(
-    asset: Asset,
-    source: str,
-    target: str,
-    *,
-    held_by: str | Holder,
-    due_by: datetime | None = None,
-    outcome: str | None = None,
-    **fields: Any,
-) -> bool:
-    """Move ``asset`` from stage ``source`` to ``target`` in one conditional UPDATE; True if this call did it.
-
-    The row changes only if it is still in ``source``, held as ``held_by`` says (a lease token, or a
-    ``Holder``) and, with ``due_by``, due by then. ``status`` follows from ``target`` (``outcome`` for DONE).
-    The lease is released unless ``fields`` set a new one. On success ``asset`` is updated in memory too, so
-    callers never act on values the database no longer has. Raises ``ValueError`` for a move the machine
-    does not allow (a programming error, never a race).
-    """
-    if target not in MOVES[source]:
-        raise ValueError(f"the lifecycle cannot move an asset from {source} to {target}")
-    if target == Stage.DONE:
-        if outcome not in (Status.COMPLETED, Status.FAILED):
-            raise ValueError("a move to DONE needs an outcome, COMPLETED or FAILED")
-        status = outcome
-    else:
-        status = STATUS_OF[target]
-    now = timezone.now()
-    query = Asset.objects.filter(pk=asset.pk, stage=source)
-    if held_by is FREE:
-        query = query.filter(Q(lease_token="") | Q(lease_until__lt=now))
-    elif held_by is EXPIRED:
-        query = query.filter(lease_until__lt=now)
-    elif held_by is not ANY:
-        query = query.filter(lease_token=held_by)
-    if due_by is not None:
-        query = query.filter(Q(due_at__lte=due_by) | Q(due_at__isnull=True))
-    values = {"lease_token": "", "lease_until": None, **fields, "stage": target, "status": status}
-    if target == Stage.DONE:
-        values.setdefault("due_at", None)
-    if query.update(**values) != 1:
-        return False
-    computed = [name for name, value in values.items() if isinstance(value, Combinable)]
-    for name, value in values.items():
-        if name not in computed:
-            setattr(asset, name, value)
-    if computed:
-        asset.refresh_from_db(fields=computed)
-    return True
 
 
 def _enqueue_submit(asset_id: int, model: AIModel | None, countdown: float | None = None) -> None:
@@ -265,6 +189,7 @@ def submit(asset_id: int) -> None:
         return
 
     now = timezone.now()
+    first_poll = now + timedelta(seconds=_poll_delay(asset, now, awaits_callback=submitted.callback_expected))
     if not move(
         asset,
         Stage.SUBMITTING,
@@ -274,7 +199,8 @@ def submit(asset_id: int) -> None:
         submitted_at=now,
         request_payload=redact(body, adapter.secrets() + [asset.callback_token]),
         awaits_callback=submitted.callback_expected,
-        due_at=now + timedelta(seconds=FIRST_POLL_SECONDS),
+        # Due now if the provider called back while this was being sent (handle_callback set it).
+        due_at=Coalesce("due_at", Value(first_poll)),
         deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
         poll_failures_in_a_row=0,
         last_error="",
@@ -285,9 +211,6 @@ def submit(asset_id: int) -> None:
         )
         return
     logger.info("asset %s: submitted, provider task %s", asset.pk, submitted.task_id)
-    # Always one early poll: a fast provider's callback can arrive before the task id is saved (and is then
-    # ignored), and many tasks are done within seconds.
-    _schedule_poll(asset.pk, FIRST_POLL_SECONDS)
 
 
 def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
@@ -332,8 +255,10 @@ def _run(asset: Asset, lease: str, model: AIModel, adapter, body: dict) -> None:
     recorded = {"submitted_at": started, "request_payload": redact(body, adapter.secrets())}
     if isinstance(result, Failed):
         _fail(asset, result.message, held_by=lease, **recorded)
-    else:
-        _store(asset, result, held_by=lease, **recorded)
+        return
+    store_lease = _begin_store(asset, result, held_by=lease, **recorded)
+    if store_lease is not None and result.content is not None:
+        _finish_store(asset, store_lease, result)
 
 
 @contextlib.contextmanager
@@ -425,59 +350,118 @@ def _submit_failed(asset: Asset, lease: str, error: ProviderError) -> None:
 # --- Following the provider's task -------------------------------------------------------------------
 
 
-def poll(asset_id: int) -> None:
-    """Ask the provider about a POLLING asset that is due; see rules 1, 4 and 6."""
-    asset = Asset.objects.select_related("ai_model__provider").filter(pk=asset_id, stage=Stage.POLLING).first()
-    if asset is None:
-        return
-    now = timezone.now()
-    if asset.deadline_at and now >= asset.deadline_at:
-        _fail_timeout(asset)
-        return
-    lease = new_lease()
-    if not move(
-        asset,
-        Stage.POLLING,
-        Stage.POLLING,
-        held_by=FREE,
-        due_by=now + _DUE_SLACK,
-        lease_token=lease,
-        lease_until=now + _POLL_LEASE,
-        polls_sent=F("polls_sent") + 1,
-    ):
-        return
-    model = asset.ai_model
-    if model is None:
-        _fail(asset, "The AI model was deleted while the generation was running.", held_by=lease)
-        return
-    try:
-        result = get_adapter(model.provider).poll(model, asset.external_task_id)
-    except ProviderError as error:
-        _poll_failed(asset, lease, error)
-        return
-    except Exception as exc:  # an answer the adapter did not expect: counted like an unreadable one
-        logger.exception("asset %s: the status query failed unexpectedly", asset.pk)
-        _poll_failed(asset, lease, ProviderError(f"{model.provider.name}: unexpected answer ({exc!r})", retryable=True))
-        return
+def poll_due(*, limit: int | None = None) -> int:
+    """Poll the POLLING assets that are due (rules 1 and 4), up to ``limit``; how many were claimed.
 
-    if isinstance(result, Running):
-        delay = _poll_delay(asset, now)
-        moved = move(
-            asset,
-            Stage.POLLING,
-            Stage.POLLING,
-            held_by=lease,
-            progress=result.progress if result.progress is not None else asset.progress,
-            poll_failures_in_a_row=0,
-            last_error="",
-            due_at=now + timedelta(seconds=delay),
-        )
-        if moved and not asset.awaits_callback:  # otherwise the sweeper sends the next one when it is due
-            _schedule_poll(asset.pk, delay)
-    elif isinstance(result, Failed):
-        _fail(asset, result.message, held_by=lease)
-    elif isinstance(result, Succeeded):
-        _store(asset, result, held_by=lease)
+    They are claimed in one statement under one lease, their providers asked concurrently
+    (``GENBOX_POLL_CONCURRENCY`` threads, pooled keep-alive connections), and the "still running" answers
+    written back in one statement; results go to the store queue, failures are recorded one by one. A callback
+    that arrives meanwhile revokes the lease, so this batch's late answer cannot undo it.
+    """
+    limit = limit or settings.GENBOX_POLL_BATCH
+    now = timezone.now()
+    lease = new_lease()
+    ids = claim_due(
+        Stage.POLLING, limit=limit, lease=lease, lease_until=now + _POLL_LEASE, polls_sent=F("polls_sent") + 1
+    )
+    if not ids:
+        return 0
+    assets = list(Asset.objects.filter(pk__in=ids, lease_token=lease).only(*_POLL_FIELDS))
+    models = AIModel.objects.select_related("provider").in_bulk({a.ai_model_id for a in assets if a.ai_model_id})
+    adapters: dict[int, Any] = {}
+    asking = []
+    for asset in assets:
+        model = models.get(asset.ai_model_id)
+        if model is None:
+            _fail(asset, "The AI model was deleted while the generation was running.", held_by=lease)
+            continue
+        asset.ai_model = model
+        if asset.deadline_at and now >= asset.deadline_at:
+            _fail_timeout(asset, held_by=lease)
+            continue
+        try:
+            if model.provider_id not in adapters:
+                adapters[model.provider_id] = get_adapter(model.provider)
+        except LookupError as exc:
+            _fail(asset, str(exc), held_by=lease)
+            continue
+        asking.append(asset)
+    answers = _ask_all([(adapters[a.ai_model.provider_id], a.ai_model, a.external_task_id) for a in asking])
+
+    still_running = []
+    for asset, answer in zip(asking, answers, strict=True):
+        if isinstance(answer, Running):
+            still_running.append((asset, answer))
+        elif isinstance(answer, ProviderError):
+            _poll_failed(asset, lease, answer)
+        elif isinstance(answer, Failed):
+            _fail(asset, answer.message, held_by=lease)
+        else:
+            _begin_store(asset, answer, held_by=lease)
+    _write_back_running(still_running, lease, now)
+    if len(ids) == limit:  # a backlog: the next batch now, not at the next tick
+        from .tasks import generation_poll_due
+
+        generation_poll_due.delay()
+    return len(assets)
+
+
+# What a poll reads of an asset (lean: no joins, no large fields it does not use).
+_POLL_FIELDS = (
+    "id",
+    "stage",
+    "ai_model_id",
+    "external_task_id",
+    "submitted_at",
+    "deadline_at",
+    "awaits_callback",
+    "progress",
+    "poll_failures_in_a_row",
+    "store_failures",
+    "submit_attempts",
+    "last_error",
+    "metadata",
+)
+
+
+def _ask_all(queries: list[tuple[Any, AIModel, str]]) -> list[Any]:
+    """Each (adapter, model, task id)'s status: a poll result or the ``ProviderError`` it raised. Concurrently
+    when there are several; the threads never touch the database."""
+    if len(queries) <= 1:
+        return [_ask(*query) for query in queries]
+    with ThreadPoolExecutor(min(settings.GENBOX_POLL_CONCURRENCY, len(queries)), "genbox-poll") as pool:
+        return list(pool.map(lambda query: _ask(*query), queries))
+
+
+def _ask(adapter, model: AIModel, task_id: str) -> Any:
+    try:
+        return adapter.poll(model, task_id)
+    except ProviderError as error:
+        return error
+    except Exception as exc:  # an answer the adapter did not expect: counted like an unreadable one
+        logger.exception("task %s: the status query failed unexpectedly", task_id)
+        return ProviderError(f"{model.provider.name}: unexpected answer ({exc!r})", retryable=True)
+
+
+def _write_back_running(answers: list[tuple[Asset, Running]], lease: str, now: datetime) -> None:
+    """One UPDATE for every "still running" answer of a batch: its progress and its next due time."""
+    if not answers:
+        return
+    when, fraction = DateTimeField(), FloatField()
+    due = [When(pk=a.pk, then=Value(now + timedelta(seconds=_poll_delay(a, now)), when)) for a, _ in answers]
+    progress = [
+        When(pk=a.pk, then=Value(r.progress if r.progress is not None else a.progress, fraction)) for a, r in answers
+    ]
+    move_many(
+        [a.pk for a, _ in answers],
+        Stage.POLLING,
+        Stage.POLLING,
+        held_by=lease,
+        due_at=Case(*due, default=F("due_at"), output_field=when),
+        progress=Case(*progress, default=F("progress"), output_field=fraction),
+        poll_failures_in_a_row=0,
+        last_error="",
+    )
 
 
 def _poll_failed(asset: Asset, lease: str, error: ProviderError) -> None:
@@ -486,7 +470,7 @@ def _poll_failed(asset: Asset, lease: str, error: ProviderError) -> None:
         suffix = f" ({failures} failed status queries in a row)" if error.retryable else ""
         _fail(asset, error.message + suffix, held_by=lease)
         return
-    delay = _backoff(failures, error.retry_after, cap=POLL_INTERVAL_MAX * 3)
+    delay = _backoff(failures, error.retry_after, cap=POLL_INTERVAL_MAX)
     if move(
         asset,
         Stage.POLLING,
@@ -497,34 +481,60 @@ def _poll_failed(asset: Asset, lease: str, error: ProviderError) -> None:
         last_error=error.message[:4000],
     ):
         logger.warning("asset %s: %s; asking again in %.1f s", asset.pk, error.message, delay)
-        _schedule_poll(asset.pk, delay)
 
 
-def _poll_delay(asset: Asset, now) -> float:
-    """Seconds until the next poll: quick at first, then a growing share of the task's age, with jitter.
+def _poll_delay(asset: Asset, now: datetime, *, awaits_callback: bool | None = None) -> float:
+    """Seconds until the next poll (rule 4).
 
-    With a callback on its way polling is only a safety net, so it is much sparser.
+    Once the model has a history, the first poll comes shortly before its typical provider time (the median
+    of its recent runs; 10 % and a second early, so the estimate, which includes how late the end was seen,
+    cannot creep upwards), then the intervals grow again from ``POLL_INTERVAL_MIN``: a task that takes its
+    usual time costs two or three polls. Without a history they grow from the start (2, 4, 8, 16 s…). While a
+    callback is expected polling is only a safety net: from well after the typical time, and sparse. Growing
+    intervals get ±5 % of jitter, so a burst of generations does not stay in step.
     """
     age = (now - (asset.submitted_at or now)).total_seconds()
-    if asset.awaits_callback:
-        delay = min(max(age, settings.GENBOX_SAFETY_POLL_SECONDS), CALLBACK_POLL_INTERVAL_MAX)
+    typical = typical_provider_seconds(asset.ai_model)
+    if asset.awaits_callback if awaits_callback is None else awaits_callback:
+        delay = min(
+            max(age, settings.GENBOX_SAFETY_POLL_SECONDS, 1.5 * (typical or 0.0) - age), CALLBACK_POLL_INTERVAL_MAX
+        )
     else:
         # The mapping's shape is the adapter's business (ComfyUI's has only an output node); this key is shared.
         cap = (asset.ai_model.response_mapping or {}).get("poll_interval_max") or POLL_INTERVAL_MAX
-        delay = min(max(age * 0.5, POLL_INTERVAL_MIN), cap)
-    return delay * random.uniform(0.9, 1.1)
+        first = max(0.9 * typical - 1.0, 0.0) if typical else 0.0
+        if age < first:
+            return first - age
+        delay = min(max(age - first, POLL_INTERVAL_MIN), cap)
+    return delay * random.uniform(0.95, 1.05)
+
+
+_typical: dict[int, tuple[datetime, float | None]] = {}
+
+
+def typical_provider_seconds(model: AIModel) -> float | None:
+    """The median provider time (submitted → result seen) of the model's last ``TYPICAL_RUNS`` completed
+    generations, or None with fewer than ``TYPICAL_RUNS_MIN``; read again at most once a minute per process."""
+    now = timezone.now()
+    cached = _typical.get(model.pk)
+    if cached is not None and now - cached[0] < TYPICAL_CACHE:
+        return cached[1]
+    runs = (
+        Asset.objects.filter(ai_model=model, status=Status.COMPLETED, provider_finished_at__isnull=False)
+        .exclude(submitted_at=None)
+        .order_by("-provider_finished_at")
+        .values_list("submitted_at", "provider_finished_at")[:TYPICAL_RUNS]
+    )
+    seconds = sorted((finished - submitted).total_seconds() for submitted, finished in runs)
+    typical = seconds[len(seconds) // 2] if len(seconds) >= TYPICAL_RUNS_MIN else None
+    _typical[model.pk] = (now, typical)
+    return typical
 
 
 def _backoff(attempt: int, retry_after: float | None, *, cap: float) -> float:
     """Exponential backoff with jitter, never shorter than the provider's ``Retry-After``."""
     delay = min(cap, 2.0 * 2 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
     return max(delay, retry_after or 0.0)
-
-
-def _schedule_poll(asset_id: int, delay: float) -> None:
-    from .tasks import generation_poll
-
-    generation_poll.apply_async((asset_id,), countdown=delay)
 
 
 # --- Callbacks ---------------------------------------------------------------------------------------
@@ -535,20 +545,20 @@ class CallbackIgnored(Exception):
 
 
 def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asset:
-    """A provider says a task ended: make its asset due for a poll now (rule 5).
+    """A provider says a task ended (rule 5): store the result a signed callback carries, or else make the
+    asset due for a poll now.
 
     A poll in flight loses its lease, so its late "still running" cannot push the due time back. A callback
     that arrives before the task id was saved (its worker is saving it, or died after sending) leaves the task
-    id on the asset: if that worker is dead, the sweeper adopts the task instead of failing the generation
-    (rule 3). Raises ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or body) or
-    ``CallbackIgnored`` (finished asset, or a task id that is not this asset's).
+    id on the asset, due at once: if that worker is dead, the sweeper adopts the task instead of failing the
+    generation (rule 3). Raises ``Asset.DoesNotExist`` (unknown token), ``CallbackRejected`` (bad signature or
+    body) or ``CallbackIgnored`` (finished asset, or a task id that is not this asset's).
     """
-    from .tasks import generation_poll
-
     asset = Asset.objects.select_related("ai_model__provider").get(callback_token=token)
     if asset.stage not in (Stage.SUBMITTING, Stage.POLLING) or asset.ai_model is None:
         raise CallbackIgnored(f"asset {asset.pk} is not waiting for its provider (stage {asset.stage})")
-    task_id = get_adapter(asset.ai_model.provider).callback_task_id(asset.ai_model, headers, body)
+    adapter = get_adapter(asset.ai_model.provider)
+    task_id = adapter.callback_task_id(asset.ai_model, headers, body)
     if asset.stage == Stage.SUBMITTING and not asset.external_task_id:
         holder = asset.lease_token
         if move(
@@ -559,15 +569,19 @@ def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asse
             lease_token=holder,
             lease_until=asset.lease_until,
             external_task_id=task_id,
+            due_at=timezone.now(),
         ):
             logger.info("asset %s: callback for task %s before its id was saved; kept", asset.pk, task_id)
             return asset
         asset.refresh_from_db()  # its worker saved the task id meanwhile
     if asset.stage != Stage.POLLING or task_id != asset.external_task_id:
         raise CallbackIgnored(f"task {task_id!r} is not asset {asset.pk}'s task")
-    if move(asset, Stage.POLLING, Stage.POLLING, held_by=ANY, due_at=timezone.now()):
-        generation_poll.delay(asset.pk)
-    logger.info("asset %s: callback for task %s, polling now", asset.pk, task_id)
+    result = adapter.callback_result(asset.ai_model, headers, body)
+    if result is not None:
+        _begin_store(asset, result, held_by=ANY)
+        logger.info("asset %s: signed callback for task %s with its result, storing", asset.pk, task_id)
+    elif move(asset, Stage.POLLING, Stage.POLLING, held_by=ANY, due_at=timezone.now()):
+        logger.info("asset %s: callback for task %s, polling now", asset.pk, task_id)
     return asset
 
 
@@ -578,8 +592,11 @@ class _StorageFailed(Exception):
     """Saving to storage failed; the message is safe to show (no endpoint, no object key)."""
 
 
-def _store(asset: Asset, result: Succeeded, *, held_by: str, **recorded: Any) -> None:
-    """Take the result into storage (rule 6): from POLLING, or from SUBMITTING for a synchronous provider."""
+def _begin_store(asset: Asset, result: Succeeded, *, held_by: str | Holder, **recorded: Any) -> str | None:
+    """Take a result towards storage (rule 6): STORING under a new lease, what the provider said of it kept on
+    the asset. A result to download goes to the store queue (``GENBOX_STORE_QUEUE``), so large transfers never
+    hold polls and callbacks back; inline content (synchronous providers) is the caller's to finish. The new
+    lease, or None if the asset was no longer ``held_by``'s."""
     now = timezone.now()
     metadata = dict(asset.metadata)
     if result.result_urls:
@@ -602,7 +619,27 @@ def _store(asset: Asset, result: Succeeded, *, held_by: str, **recorded: Any) ->
         metadata=metadata,
         **recorded,
     ):
-        return
+        return None
+    if result.content is None:
+        from .tasks import generation_store
+
+        try:  # the URLs travel in the message only: presigned ones carry credentials, not to be stored
+            generation_store.apply_async((asset.pk, lease, list(result.result_urls)), queue=settings.GENBOX_STORE_QUEUE)
+        except Exception:  # no broker: the sweeper takes the asset back when the store lease runs out
+            logger.exception("asset %s: the store task could not be sent", asset.pk)
+    return lease
+
+
+def store(asset_id: int, lease: str, result_urls: list[str]) -> None:
+    """The store task: download a result and save it, if ``lease`` still holds the asset (rule 6)."""
+    asset = Asset.objects.select_related("ai_model__provider").filter(pk=asset_id, lease_token=lease).first()
+    if asset is None or asset.stage != Stage.STORING or asset.ai_model is None:
+        return  # taken back by the sweeper, or a duplicate delivery of a finished store
+    _finish_store(asset, lease, Succeeded(result_urls=result_urls))
+
+
+def _finish_store(asset: Asset, lease: str, result: Succeeded) -> None:
+    """Stream the result to a temporary file, identify it, save it to storage and complete the asset."""
     label = asset.ai_model.provider.name
     try:
         with tempfile.NamedTemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR, prefix="genbox-result-") as spool:
@@ -682,7 +719,7 @@ def _store_failed(
         if not provider_error.retryable or failures >= settings.GENBOX_POLL_ERROR_LIMIT:
             _fail(asset, message, held_by=lease)
             return
-        delay = _backoff(failures, provider_error.retry_after, cap=POLL_INTERVAL_MAX * 3)
+        delay = _backoff(failures, provider_error.retry_after, cap=POLL_INTERVAL_MAX)
         counters = {"poll_failures_in_a_row": failures}
     else:
         if content_only:  # the picture existed only in the provider's answer: there is nothing to fetch again
@@ -704,14 +741,11 @@ def _store_failed(
         **counters,
     ):
         logger.warning("asset %s: %s; trying again in %.1f s", asset.pk, message, delay)
-        _schedule_poll(asset.pk, delay)
 
 
 def _adopt(asset: Asset, *, held_by: str | Holder) -> int:
     """Follow the task a callback named while the asset was SUBMITTING (rule 3): POLLING, a poll due now to
     confirm it. 1 if adopted."""
-    from .tasks import generation_poll
-
     if asset.ai_model is None:
         return _fail(asset, "The AI model was deleted while the generation was being submitted.", held_by=held_by)
     now = timezone.now()
@@ -728,7 +762,6 @@ def _adopt(asset: Asset, *, held_by: str | Holder) -> int:
     ):
         return 0
     logger.warning("asset %s: adopted task %s from its callback", asset.pk, asset.external_task_id)
-    generation_poll.delay(asset.pk)
     return 1
 
 
@@ -737,19 +770,9 @@ def _adopt(asset: Asset, *, held_by: str | Holder) -> int:
 
 def sweep(*, batch: int = 500) -> dict[str, int]:
     """Repair what lost messages and dead workers left behind (rule 7). Returns counts per action."""
-    from .tasks import generation_poll
-
     now = timezone.now()
     overdue = now - timedelta(seconds=settings.GENBOX_SWEEP_GRACE)
-    counts = {
-        "adopted": 0,
-        "lost_submissions": 0,
-        "timed_out": 0,
-        "requeued_submits": 0,
-        "requeued_polls": 0,
-        "safety_polls": 0,
-        "restored": 0,
-    }
+    counts = {"adopted": 0, "lost_submissions": 0, "timed_out": 0, "requeued_submits": 0, "restored": 0}
     unfinished = Asset.objects.select_related("ai_model__provider")
 
     for asset in unfinished.filter(stage=Stage.SUBMITTING, lease_until__lt=now)[:batch]:
@@ -763,26 +786,16 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
             held_by=EXPIRED,
         )
     for asset in unfinished.filter(stage__in=[Stage.QUEUED, Stage.POLLING], deadline_at__lt=now)[:batch]:
-        counts["timed_out"] += _fail_timeout(asset)
+        counts["timed_out"] += _fail_timeout(asset, held_by=FREE)
     for asset in unfinished.filter(stage=Stage.QUEUED, due_at__lt=overdue)[:batch]:
         # Due again from now: a submission waiting its turn in a busy GPU queue is re-sent once per grace
         # period, not on every sweep.
         if move(asset, Stage.QUEUED, Stage.QUEUED, held_by=FREE, due_by=asset.due_at, due_at=now):
             _enqueue_submit(asset.pk, asset.ai_model)
             counts["requeued_submits"] += 1
-    free = Q(lease_token="") | Q(lease_until__lt=now)
-    lost_polls = Asset.objects.filter(free, stage=Stage.POLLING, awaits_callback=False, due_at__lt=overdue)
-    for asset_id in lost_polls.values_list("pk", flat=True)[:batch]:
-        generation_poll.delay(asset_id)
-        counts["requeued_polls"] += 1
-    safety_polls = Asset.objects.filter(free, stage=Stage.POLLING, awaits_callback=True, due_at__lt=now)
-    for asset_id in safety_polls.values_list("pk", flat=True)[:batch]:
-        generation_poll.delay(asset_id)
-        counts["safety_polls"] += 1
     for asset in unfinished.filter(stage=Stage.STORING, lease_until__lt=now)[:batch]:
-        if move(asset, Stage.STORING, Stage.POLLING, held_by=EXPIRED, due_at=now):
-            generation_poll.delay(asset.pk)
-            counts["restored"] += 1
+        # Polled again first: the result URLs travelled in the lost message only.
+        counts["restored"] += move(asset, Stage.STORING, Stage.POLLING, held_by=EXPIRED, due_at=now)
     if any(counts.values()):
         logger.info("sweep: %s", counts)
     return counts
@@ -808,8 +821,9 @@ def _fail(asset: Asset, message: str, *, held_by: str | Holder, **recorded: Any)
     return int(changed)
 
 
-def _fail_timeout(asset: Asset) -> int:
-    """Fail a QUEUED or POLLING asset past its deadline, unless a worker holds it (its own write decides)."""
+def _fail_timeout(asset: Asset, *, held_by: str | Holder) -> int:
+    """Fail a QUEUED or POLLING asset past its deadline: the sweeper's (``FREE``: unless a worker holds it, whose
+    own write decides) or a poll batch's that claimed it."""
     last = f"; the last error: {asset.last_error}" if asset.last_error else ""
     if asset.stage == Stage.QUEUED and asset.ai_model and submit_queue(asset.ai_model):
         waited = _duration(settings.GENBOX_GPU_QUEUE_WAIT_SECONDS)
@@ -817,11 +831,13 @@ def _fail_timeout(asset: Asset) -> int:
             f"The generation did not start in time: still waiting for the GPU (GENBOX_GPU_QUEUE_WAIT_SECONDS is "
             f"{waited}){last}. It was stopped."
         )
-        return _fail(asset, message, held_by=FREE)
+        return _fail(asset, message, held_by=held_by)
     seconds = asset.ai_model.effective_timeout_seconds if asset.ai_model else None
     limit = f" within {_duration(seconds)}" if seconds else ""
     where = "the provider" if asset.stage == Stage.POLLING else f"the queue, after {asset.submit_attempts} attempts"
-    return _fail(asset, f"The generation did not finish{limit} (still at {where}{last}); it was stopped.", held_by=FREE)
+    return _fail(
+        asset, f"The generation did not finish{limit} (still at {where}{last}); it was stopped.", held_by=held_by
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over the lifecycle. Every task takes an asset id and is safe to run twice."""
+"""Celery tasks: thin wrappers over the lifecycle. Every task is safe to run twice."""
 
 from celery import shared_task
 from django.conf import settings
@@ -11,16 +11,24 @@ def generation_submit(asset_id: int) -> None:
     lifecycle.submit(asset_id)
 
 
-# A poll may end in streaming a large result into storage, so it gets the store lease as its time limit.
+# Sent by beat every GENBOX_POLL_TICK_SECONDS, and again at once while a backlog lasts. A tick that waited
+# longer than a few ticks is dropped: a newer one does the same work.
+@shared_task(name="genbox.generation.poll_due", ignore_result=True)
+def generation_poll_due() -> int:
+    return lifecycle.poll_due()
+
+
+# Streaming a large result into storage may take long: the store lease is its time limit. Sent to
+# GENBOX_STORE_QUEUE, with the result URLs (which may carry credentials) in the message only.
 @shared_task(
-    name="genbox.generation.poll",
+    name="genbox.generation.store",
     acks_late=True,
     ignore_result=True,
     soft_time_limit=settings.GENBOX_STORE_LEASE_SECONDS,
     time_limit=settings.GENBOX_STORE_LEASE_SECONDS + 60,
 )
-def generation_poll(asset_id: int) -> None:
-    lifecycle.poll(asset_id)
+def generation_store(asset_id: int, lease: str, result_urls: list[str]) -> None:
+    lifecycle.store(asset_id, lease, result_urls)
 
 
 @shared_task(name="genbox.generation.sweep", ignore_result=True)

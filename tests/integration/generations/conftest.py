@@ -10,23 +10,46 @@ from tests.support import media_samples
 from tests.support.fake_adapter import FakeAdapter, Script
 
 
+class SentTasks(list):
+    """The Celery messages the lifecycle sent, as (task name, args, countdown), instead of a broker."""
+
+    def run_stores(self) -> int:
+        """Do what a store worker would with the store messages sent so far (each once); how many ran."""
+        from apps.generations import lifecycle
+
+        stores = [entry for entry in self if entry[0] == "genbox.generation.store"]
+        for entry in stores:
+            self.remove(entry)
+            lifecycle.store(*entry[1])
+        return len(stores)
+
+
 @pytest.fixture
 def sent_tasks(monkeypatch):
-    """The Celery messages the lifecycle sends, as (task name, asset id, countdown), instead of a broker."""
     from apps.generations import tasks
 
-    sent = []
+    sent = SentTasks()
 
     def recorder(task):
         def apply_async(args=(), countdown=None, **options):
-            sent.append((task.name, args[0], countdown))
+            sent.append((task.name, tuple(args), countdown))
 
         return apply_async
 
-    for task in (tasks.generation_submit, tasks.generation_poll):
+    for task in (tasks.generation_submit, tasks.generation_store, tasks.generation_poll_due):
         monkeypatch.setattr(task, "apply_async", recorder(task))
-        monkeypatch.setattr(task, "delay", lambda asset_id, task=task: sent.append((task.name, asset_id, None)))
+        monkeypatch.setattr(task, "delay", lambda *args, task=task: sent.append((task.name, args, None)))
     return sent
+
+
+@pytest.fixture(autouse=True)
+def no_learned_schedule_between_tests():
+    """The learned poll schedule is cached per process; each test starts without it."""
+    from apps.generations import lifecycle
+
+    lifecycle._typical.clear()
+    yield
+    lifecycle._typical.clear()
 
 
 @pytest.fixture

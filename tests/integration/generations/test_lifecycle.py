@@ -13,12 +13,12 @@ from kombu.exceptions import OperationalError
 from apps.ai_providers.contract import Failed, ProviderError, Running, Submitted, Succeeded
 from apps.ai_providers.models import AIModel, AIProvider
 from apps.assets.models import Asset
-from apps.generations import lifecycle
-from apps.generations.lifecycle import EXPIRED, FREE, move
+from apps.generations import lifecycle, machine
+from apps.generations.machine import EXPIRED, FREE, claim_due, move
 from apps.generations.start import generation_start
 
 Stage, Status = Asset.Stage, Asset.Status
-POLL, SUBMIT = "genbox.generation.poll", "genbox.generation.submit"
+SUBMIT, STORE, POLL_DUE = "genbox.generation.submit", "genbox.generation.store", "genbox.generation.poll_due"
 
 
 def fake_model(kind: str = "fake", *, timeout: int = 900) -> AIModel:
@@ -59,13 +59,23 @@ def after(seconds: float):
     return time_machine.travel(timezone.now() + timedelta(seconds=seconds), tick=False)
 
 
+def poll_and_store(sent_tasks) -> None:
+    """One poll batch, then the store tasks it sent, as the workers would run them."""
+    lifecycle.poll_due()
+    sent_tasks.run_stores()
+
+
+def seconds_until_due(asset: Asset) -> float:
+    return (asset.due_at - asset.submitted_at).total_seconds()
+
+
 # --- The machine ----------------------------------------------------------------------------------------
 
 
 def test_every_stage_but_done_has_a_status_and_done_has_no_way_out():
-    assert set(lifecycle.MOVES) == set(Stage.values)
-    assert set(lifecycle.STATUS_OF) == set(Stage.values) - {Stage.DONE}
-    assert lifecycle.MOVES[Stage.DONE] == frozenset()
+    assert set(machine.MOVES) == set(Stage.values)
+    assert set(machine.STATUS_OF) == set(Stage.values) - {Stage.DONE}
+    assert machine.MOVES[Stage.DONE] == frozenset()
 
 
 def test_a_move_the_machine_does_not_allow_is_refused_before_anything_is_written(fake_provider, box):
@@ -109,17 +119,40 @@ def test_a_lease_that_ran_out_frees_the_asset(fake_provider, box):
         assert move(reload(asset), Stage.SUBMITTING, Stage.SUBMITTING, held_by=FREE, lease_token="new")
 
 
+def test_claims_take_the_longest_due_first_and_never_one_asset_twice(fake_provider, box):
+    assets = [start(box) for _ in range(3)]
+    now = timezone.now()
+    for seconds_ago, asset in zip((1, 3, 2), assets, strict=True):
+        Asset.objects.filter(pk=asset.pk).update(due_at=now - timedelta(seconds=seconds_ago))
+    Asset.objects.create(
+        box=box, asset_type="IMAGE", source="GENERATED", stage=Stage.QUEUED, due_at=now + timedelta(60)
+    )
+    until = now + timedelta(seconds=60)
+
+    assert claim_due(Stage.QUEUED, limit=2, lease="first", lease_until=until, submit_attempts=7) == [
+        assets[1].pk,
+        assets[2].pk,
+    ]
+    assert claim_due(Stage.QUEUED, limit=2, lease="second", lease_until=until) == [assets[0].pk]
+    assert claim_due(Stage.QUEUED, limit=2, lease="third", lease_until=until) == []
+
+    held = dict(Asset.objects.filter(pk__in=[a.pk for a in assets]).values_list("pk", "lease_token"))
+    assert held == {assets[1].pk: "first", assets[2].pk: "first", assets[0].pk: "second"}
+    assert set(Asset.objects.filter(lease_token="first").values_list("submit_attempts", flat=True)) == {7}
+
+
 # --- Submitting -----------------------------------------------------------------------------------------
 
 
-def test_a_submission_records_the_task_and_schedules_the_first_poll(fake_provider, sent_tasks, box):
+def test_a_submission_records_the_task_and_makes_the_first_poll_due_in_two_seconds(fake_provider, sent_tasks, box):
     asset = submitted(box, fake_provider)
 
     assert (asset.stage, asset.status, asset.external_task_id) == (Stage.POLLING, Status.PROCESSING, "t-1")
     assert fake_provider.sent == [("submit", {"prompt": "a fox"})]
     assert asset.request_payload == {"prompt": "a fox"}
     assert (asset.lease_token, asset.submit_attempts) == ("", 1)
-    assert sent_tasks == [(POLL, asset.pk, lifecycle.FIRST_POLL_SECONDS)]
+    assert 1.9 <= seconds_until_due(asset) <= 2.1  # a model without a history: polls from 2 s, doubling
+    assert sent_tasks == []  # no message per poll: the poll batches find it by its due time
 
 
 def test_a_second_delivery_of_the_submit_task_sends_nothing(fake_provider, box):
@@ -138,7 +171,7 @@ def test_a_refused_submission_waits_in_the_queue_showing_why_and_how_often(fake_
     assert (asset.stage, asset.status, asset.submit_attempts) == (Stage.QUEUED, Status.PENDING, 1)
     assert asset.last_error == "Fake: maintenance (455)"
     assert asset.error_message == ""
-    assert sent_tasks[-1][:2] == (SUBMIT, asset.pk) and sent_tasks[-1][2] > 0
+    assert sent_tasks[-1][:2] == (SUBMIT, (asset.pk,)) and sent_tasks[-1][2] > 0
 
 
 def test_a_server_that_refuses_connections_is_given_up_after_the_limit_with_the_cause(fake_provider, box, settings):
@@ -216,7 +249,7 @@ def test_a_task_named_by_a_callback_is_adopted_when_the_submission_then_fails(fa
 
     asset = reload(asset)
     assert (asset.stage, asset.status, asset.external_task_id) == (Stage.POLLING, Status.PROCESSING, "t-1")
-    assert sent_tasks[-1] == (POLL, asset.pk, None)  # confirmed by a poll now, never sent again
+    assert asset.due_at <= timezone.now()  # confirmed by a poll now, never sent again
     assert [call for call, _ in fake_provider.sent] == ["submit"]
 
 
@@ -247,9 +280,9 @@ def test_a_task_whose_submitter_died_is_adopted_from_its_callback_and_confirmed_
     assert (reload(asset).stage, reload(asset).external_task_id) == (Stage.SUBMITTING, "t-9")
     with after(settings.GENBOX_SUBMIT_LEASE_SECONDS + 1):
         assert lifecycle.sweep()["adopted"] == 1
-        assert sent_tasks[-1] == (POLL, asset.pk, None)
+        assert reload(asset).due_at <= timezone.now()
         fake_provider.polls.append(Succeeded(result_urls=[result_url]))
-        lifecycle.poll(asset.pk)
+        poll_and_store(sent_tasks)
 
     asset = reload(asset)
     assert (asset.status, asset.external_task_id) == (Status.COMPLETED, "t-9")
@@ -269,23 +302,95 @@ def test_a_callback_before_a_live_worker_saved_the_task_id_leaves_the_worker_to_
 
     asset = reload(asset)
     assert (asset.stage, asset.external_task_id, asset.request_payload) == (Stage.POLLING, "t-1", {"prompt": "a fox"})
+    assert asset.due_at <= timezone.now()  # it called back: polled at once, not after the usual wait
 
 
 # --- Polling and callbacks ------------------------------------------------------------------------------
 
 
-def test_a_running_task_is_polled_again_later_and_a_duplicate_poll_does_nothing(fake_provider, sent_tasks, box):
+def test_a_running_task_is_polled_again_later_and_a_second_batch_takes_nothing(fake_provider, sent_tasks, box):
     asset = submitted(box, fake_provider)
     fake_provider.polls.append(Running(progress=0.4))
 
     with after(3):
-        lifecycle.poll(asset.pk)
-        lifecycle.poll(asset.pk)  # the same message delivered twice: not due any more
+        assert lifecycle.poll_due() == 1
+        assert lifecycle.poll_due() == 0  # a second tick at the same moment: nothing is due any more
 
     asset = reload(asset)
-    assert (asset.stage, asset.progress, asset.polls_sent) == (Stage.POLLING, 0.4, 1)
+    assert (asset.stage, asset.progress, asset.polls_sent, asset.lease_token) == (Stage.POLLING, 0.4, 1, "")
+    assert 2.5 <= seconds_until_due(asset) <= 3.5 + 3.2  # due again after about its age (3 s), with jitter
     assert [call for call, _ in fake_provider.sent] == ["submit", "poll"]
-    assert len(sent_tasks) == 2 and sent_tasks[1][:2] == (POLL, asset.pk)  # the first: the submission's
+    assert sent_tasks == []
+
+
+def test_one_batch_polls_every_due_task_and_writes_each_answer_back(fake_provider, sent_tasks, box, result_url):
+    assets = []
+    for n in range(5):
+        fake_provider.submits.append(Submitted(f"t-{n}"))
+        assets.append(start(box))
+        lifecycle.submit(assets[-1].pk)
+    answers = {
+        "t-0": Running(progress=0.1),
+        "t-1": Running(progress=0.7),
+        "t-2": Failed("Fake: content policy"),
+        "t-3": ProviderError("Fake: server error (500)", retryable=True),
+        "t-4": Succeeded(result_urls=[result_url + "?X-Amz-Signature=secret"]),
+    }
+    fake_provider.polls.extend(lambda adapter, n=n: answers[adapter.script.sent[-1][1]] for n in range(5))
+
+    with after(3):
+        assert lifecycle.poll_due() == 5
+
+    stored = {a.external_task_id: a for a in Asset.objects.filter(pk__in=[a.pk for a in assets])}
+    assert sorted(task for call, task in fake_provider.sent if call == "poll") == ["t-0", "t-1", "t-2", "t-3", "t-4"]
+    assert (stored["t-0"].progress, stored["t-1"].progress) == (0.1, 0.7)
+    assert (stored["t-2"].status, stored["t-2"].error_message) == (Status.FAILED, "Fake: content policy")
+    assert (stored["t-3"].poll_failures_in_a_row, stored["t-3"].last_error) == (1, "Fake: server error (500)")
+    assert stored["t-4"].stage == Stage.STORING
+    assert stored["t-4"].metadata["result_urls"] == [result_url + "?…"]  # the signature travels in the message only
+    assert sent_tasks == [(STORE, (stored["t-4"].pk, stored["t-4"].lease_token, [answers["t-4"].result_urls[0]]), None)]
+    assert {a.lease_token for a in stored.values() if a.stage == Stage.POLLING} == {""}
+    sent_tasks.run_stores()
+    assert reload(stored["t-4"]).status == Status.COMPLETED
+
+
+def test_a_full_batch_sends_the_next_one_at_once(fake_provider, sent_tasks, box, settings):
+    settings.GENBOX_POLL_BATCH = 2
+    for n in range(3):
+        fake_provider.submits.append(Submitted(f"t-{n}"))
+        lifecycle.submit(start(box).pk)
+    fake_provider.polls.extend([Running()] * 3)
+
+    with after(3):
+        assert lifecycle.poll_due() == 2
+        assert sent_tasks == [(POLL_DUE, (), None)]
+        assert lifecycle.poll_due() == 1
+    assert sent_tasks == [(POLL_DUE, (), None)]  # the last batch was not full: the backlog is gone
+
+
+def test_the_schedule_learns_the_models_typical_time_and_polls_first_near_it(fake_provider, box):
+    model = fake_model()
+    now = timezone.now()
+    for seconds in (50, 58, 60, 61, 62, 70, 240):  # the median: 61 s
+        Asset.objects.create(
+            box=box,
+            ai_model=model,
+            asset_type="IMAGE",
+            source="GENERATED",
+            status=Status.COMPLETED,
+            submitted_at=now - timedelta(seconds=seconds + 5),
+            provider_finished_at=now - timedelta(seconds=5),
+        )
+    asset = submitted(box, fake_provider)
+    assert seconds_until_due(asset) == pytest.approx(53.9)  # 90 % of 61 s, less a second
+
+    fake_provider.polls.extend([Running(), Running()])
+    with after(seconds_until_due(asset) + 0.1):
+        lifecycle.poll_due()
+        assert 1.9 <= (reload(asset).due_at - timezone.now()).total_seconds() <= 2.2  # then closely, from 2 s
+    with after(80):  # long past its usual time: the intervals grow again
+        lifecycle.poll_due()
+        assert 24 <= (reload(asset).due_at - timezone.now()).total_seconds() <= 28
 
 
 def test_a_callback_during_a_poll_is_not_undone_by_that_polls_answer(fake_provider, sent_tasks, box):
@@ -297,22 +402,51 @@ def test_a_callback_during_a_poll_is_not_undone_by_that_polls_answer(fake_provid
         return Running()  # the poll was answered just before the task ended
 
     fake_provider.polls.extend([callback_arrives_meanwhile, Failed("Fake: the task failed")])
-    with after(3):
+    with after(35):  # the safety-net poll
         called_back = timezone.now()
-        lifecycle.poll(asset.pk)
-        assert reload(asset).due_at <= called_back  # still due now: the callback's poll goes ahead
-        assert sent_tasks[-1] == (POLL, asset.pk, None)
-        lifecycle.poll(asset.pk)  # the callback's poll
+        assert lifecycle.poll_due() == 1
+        assert reload(asset).due_at <= called_back  # still due now: the next batch polls it
+        assert lifecycle.poll_due() == 1
 
     asset = reload(asset)
     assert (asset.status, asset.error_message) == (Status.FAILED, "Fake: the task failed")
     assert [call for call, _ in fake_provider.sent] == ["submit", "poll", "poll"]
 
 
-def test_the_sweeper_sends_no_poll_while_a_poll_holds_the_asset(fake_provider, sent_tasks, box, settings):
+def test_a_signed_callback_with_the_result_is_stored_without_a_poll(fake_provider, sent_tasks, box, result_url):
+    asset = submitted(box, fake_provider, callback_expected=True)
+    fake_provider.callback_task_id = "t-1"
+    fake_provider.callback_result = Succeeded(result_urls=[result_url])
+
+    lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+    assert reload(asset).stage == Stage.STORING
+    assert sent_tasks.run_stores() == 1
+
+    asset = reload(asset)
+    assert (asset.status, asset.mime_type) == (Status.COMPLETED, "image/png")
+    assert [call for call, _ in fake_provider.sent] == ["submit"]
+
+
+def test_an_unsigned_callback_only_makes_the_task_due_for_a_poll(fake_provider, sent_tasks, box):
+    asset = submitted(box, fake_provider, callback_expected=True)
+    fake_provider.callback_task_id = "t-1"  # callback_result None: what a callback without a signature gives
+
+    lifecycle.handle_callback(asset.callback_token, headers={}, body=b"{}")
+
+    asset = reload(asset)
+    assert (asset.stage, asset.status) == (Stage.POLLING, Status.PROCESSING)
+    assert asset.due_at <= timezone.now() and sent_tasks == []
+
+
+def test_a_callback_expected_leaves_polling_as_a_sparse_safety_net(fake_provider, box, settings):
+    asset = submitted(box, fake_provider, callback_expected=True)
+    assert 0.95 * settings.GENBOX_SAFETY_POLL_SECONDS <= seconds_until_due(asset)
+
+
+def test_a_batch_skips_an_asset_a_poll_holds_until_that_lease_runs_out(fake_provider, box):
     asset = submitted(box, fake_provider)
-    late = settings.GENBOX_SWEEP_GRACE + 10
-    with after(late):
+    fake_provider.polls.append(Running())
+    with after(10):
         assert move(
             reload(asset),
             Stage.POLLING,
@@ -321,10 +455,10 @@ def test_the_sweeper_sends_no_poll_while_a_poll_holds_the_asset(fake_provider, s
             lease_token="polling now",
             lease_until=timezone.now() + timedelta(seconds=60),
         )
-        assert lifecycle.sweep()["requeued_polls"] == 0
-    with after(late + 61):  # that poll's worker died: its lease ran out
-        assert lifecycle.sweep()["requeued_polls"] == 1
-    assert sent_tasks[-1] == (POLL, asset.pk, None)
+        assert lifecycle.poll_due() == 0
+    with after(71):  # that poll's worker died: its lease ran out
+        assert lifecycle.poll_due() == 1
+    assert [call for call, _ in fake_provider.sent] == ["submit", "poll"]
 
 
 def test_a_callback_for_another_task_changes_nothing(fake_provider, box):
@@ -342,10 +476,10 @@ def test_failed_polls_in_a_row_fail_the_generation_at_the_limit_saying_so(fake_p
     fake_provider.polls.extend([unreadable, unreadable])
 
     with after(3):
-        lifecycle.poll(asset.pk)
+        lifecycle.poll_due()
     assert (reload(asset).poll_failures_in_a_row, reload(asset).last_error) == (1, "Fake: unreadable answer")
     with after(120):
-        lifecycle.poll(asset.pk)
+        lifecycle.poll_due()
 
     asset = reload(asset)
     assert asset.error_message == "Fake: unreadable answer (2 failed status queries in a row)"
@@ -354,11 +488,11 @@ def test_failed_polls_in_a_row_fail_the_generation_at_the_limit_saying_so(fake_p
 # --- Storing --------------------------------------------------------------------------------------------
 
 
-def test_a_result_is_stored_and_the_asset_completed(fake_provider, box, result_url):
+def test_a_result_is_stored_and_the_asset_completed(fake_provider, sent_tasks, box, result_url):
     asset = submitted(box, fake_provider)
     fake_provider.polls.append(Succeeded(result_urls=[result_url]))
     with after(3):
-        lifecycle.poll(asset.pk)
+        poll_and_store(sent_tasks)
 
     asset = reload(asset)
     assert (asset.stage, asset.status, asset.mime_type, asset.width) == (Stage.DONE, Status.COMPLETED, "image/png", 64)
@@ -367,7 +501,7 @@ def test_a_result_is_stored_and_the_asset_completed(fake_provider, box, result_u
 
 
 def test_a_storage_outage_is_waited_out_without_counting_against_the_provider(
-    fake_provider, box, result_url, settings, monkeypatch
+    fake_provider, sent_tasks, box, result_url, settings, monkeypatch
 ):
     settings.GENBOX_POLL_ERROR_LIMIT = 2
     asset = submitted(box, fake_provider)
@@ -384,7 +518,7 @@ def test_a_storage_outage_is_waited_out_without_counting_against_the_provider(
     monkeypatch.setattr(type(storages["default"]), "save", save_during_outage)
     for minute in range(1, 5):
         with after(60 * minute):
-            lifecycle.poll(asset.pk)
+            poll_and_store(sent_tasks)
         if minute == 1:
             waiting = reload(asset)
             assert (waiting.stage, waiting.store_failures, waiting.poll_failures_in_a_row) == (Stage.POLLING, 1, 0)
@@ -395,7 +529,7 @@ def test_a_storage_outage_is_waited_out_without_counting_against_the_provider(
 
 
 def test_a_storage_outage_past_the_deadline_fails_without_naming_the_endpoint_or_the_key(
-    fake_provider, box, result_url, monkeypatch
+    fake_provider, sent_tasks, box, result_url, monkeypatch
 ):
     asset = submitted(box, fake_provider)
     Asset.objects.filter(pk=asset.pk).update(deadline_at=timezone.now() + timedelta(seconds=10))
@@ -406,7 +540,7 @@ def test_a_storage_outage_past_the_deadline_fails_without_naming_the_endpoint_or
 
     monkeypatch.setattr(type(storages["default"]), "save", storage_down)
     with after(9):
-        lifecycle.poll(asset.pk)
+        poll_and_store(sent_tasks)
 
     asset = reload(asset)
     assert asset.status == Status.FAILED
@@ -426,12 +560,11 @@ def test_an_unexpected_error_while_storing_leaves_the_asset_to_be_tried_again_no
 
     monkeypatch.setattr(lifecycle, "inspect_media", disk_full)
     with after(3):
-        lifecycle.poll(asset.pk)
-
-    asset = reload(asset)
-    assert (asset.stage, asset.lease_token, asset.store_failures) == (Stage.POLLING, "", 1)
-    assert asset.last_error == "Storing the result failed on the worker"
-    assert len(sent_tasks) == 2 and sent_tasks[1][:2] == (POLL, asset.pk)  # the first: the submission's
+        poll_and_store(sent_tasks)
+        asset = reload(asset)
+        assert (asset.stage, asset.lease_token, asset.store_failures) == (Stage.POLLING, "", 1)
+        assert asset.last_error == "Storing the result failed on the worker"
+        assert asset.due_at > timezone.now()  # polled again, for fresh URLs, after a backoff
 
 
 def test_a_store_whose_worker_died_is_taken_back_by_the_sweeper(fake_provider, sent_tasks, box, settings):
@@ -441,8 +574,20 @@ def test_a_store_whose_worker_died_is_taken_back_by_the_sweeper(fake_provider, s
 
     with after(settings.GENBOX_STORE_LEASE_SECONDS + 1):
         assert lifecycle.sweep()["restored"] == 1
+        assert (reload(asset).stage, reload(asset).due_at <= timezone.now()) == (Stage.POLLING, True)
 
-    assert (reload(asset).stage, sent_tasks[-1]) == (Stage.POLLING, (POLL, asset.pk, None))
+
+def test_a_store_message_for_a_lease_taken_back_does_nothing(fake_provider, sent_tasks, box, result_url, settings):
+    asset = submitted(box, fake_provider)
+    fake_provider.polls.append(Succeeded(result_urls=[result_url]))
+    with after(3):
+        lifecycle.poll_due()
+    with after(settings.GENBOX_STORE_LEASE_SECONDS + 10):  # the store message waited longer than its lease
+        assert lifecycle.sweep()["restored"] == 1
+        sent_tasks.run_stores()
+
+    asset = reload(asset)
+    assert (asset.stage, asset.file.name) == (Stage.POLLING, "")
 
 
 # --- The API's side -------------------------------------------------------------------------------------

@@ -138,7 +138,11 @@ class KieAdapter(Adapter):
         )
         if response.status_code == 429:
             raise ProviderError("Kie.ai: rate limited (429)", retryable=True, retry_after=retry_after_seconds(response))
-        envelope = self._envelope(response, what="the status query")
+        return self._status(mapping, self._envelope(response, what="the status query"))
+
+    @staticmethod
+    def _status(mapping: ResponseMapping, envelope: dict) -> PollResult:
+        """What a status answer (or a callback, which carries the same ``data``) says of the task."""
         outcome, raw_status = mapping.outcome(envelope)
         if outcome == "succeeded":
             urls = mapping.result_urls(envelope)
@@ -198,6 +202,17 @@ class KieAdapter(Adapter):
             if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE_SECONDS:
                 raise CallbackRejected("stale or missing timestamp")
         return str(task_id)
+
+    def callback_result(self, model, headers: dict[str, str], body: bytes) -> Succeeded | None:
+        """A signed callback's result. Kie's signature covers the task id and the time, not the body; the
+        callback URL is secret too, and only a success with result URLs is taken (anything else is polled)."""
+        if not (self.provider.settings or {}).get("webhook_hmac_key"):
+            return None
+        try:
+            result = self._status(ResponseMapping.from_json(model.response_mapping), json.loads(body))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return result if isinstance(result, Succeeded) and result.result_urls else None
 
     def secrets(self) -> list[str]:
         key = (self.provider.settings or {}).get("webhook_hmac_key")

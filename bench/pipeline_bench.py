@@ -1,8 +1,10 @@
 """Generation pipeline benchmarks. Run through bench/run.sh, which provides the services and environment.
 
 Modes:
-  inflight    N generations submitted at once, each taking S seconds at the provider: completion lag after the
-              provider finished (p50/p95), provider requests per generation, worker CPU time.
+  inflight    N generations submitted at once (or evenly over --ramp seconds: N in flight when the first ends),
+              each taking S seconds at the provider: completion lag after the provider finished (p50/p95),
+              provider requests per generation, worker CPU time. --warm runs some first, unmeasured, so the
+              model has the history a model in use has.
   large       one video result of SIZE bytes: the worker's peak memory growth while it streams it to S3.
   throughput  N generations at an instant provider: generations per second from the first API request to the
               last COMPLETED asset.
@@ -205,9 +207,18 @@ class Stack:
         response.raise_for_status()
         return response.json()["id"]
 
-    def generate_many(self, model: str, count: int, prompt: str) -> list[int]:
+    def generate_many(self, model: str, count: int, prompt: str, *, ramp: float = 0.0) -> list[int]:
+        """``count`` generations through the API: as fast as it takes them, or spread evenly over ``ramp`` s."""
+        started = time.monotonic()
+
+        def one(client: httpx.Client, n: int) -> int:
+            pause = started + ramp * n / count - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            return self.generate(client, model, f"{prompt} {n}")
+
         with httpx.Client(timeout=60) as client, ThreadPoolExecutor(16) as pool:
-            return list(pool.map(lambda n: self.generate(client, model, f"{prompt} {n}"), range(count)))
+            return list(pool.map(lambda n: one(client, n), range(count)))
 
     def wait_done(self, ids: list[int], timeout: float) -> None:
         from apps.assets.models import Asset
@@ -298,7 +309,7 @@ def inflight(args) -> dict:
         cpu_before = stack.worker.cpu_seconds()
         components_before = cpu_by_component(stack)
         started = time.monotonic()
-        ids = stack.generate_many("Nano Banana", args.count, "inflight")
+        ids = stack.generate_many("Nano Banana", args.count, "inflight", ramp=args.ramp)
         submitted_in = time.monotonic() - started
         stack.wait_done(ids, timeout=args.seconds * 4 + 600)
         cpu = stack.worker.cpu_seconds() - cpu_before
@@ -317,6 +328,7 @@ def inflight(args) -> dict:
             "callbacks": ("signed" if args.signed else "unsigned") if args.callbacks else False,
             "warm_up_generations": args.warm,
             "count": args.count,
+            "sent_over_s": args.ramp,
             "provider_seconds": args.seconds,
             "completed": sum(a.status == Asset.Status.COMPLETED for a in assets),
             "failed": sum(a.status == Asset.Status.FAILED for a in assets),
@@ -486,6 +498,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="provider time per generation (inflight)")
     parser.add_argument("--size", type=int, default=1_000_000_000, help="result bytes (large)")
     parser.add_argument("--no-callbacks", dest="callbacks", action="store_false")
+    parser.add_argument(
+        "--ramp", type=float, default=0.0, help="inflight: send the generations evenly over this many seconds"
+    )
     parser.add_argument("--signed", action="store_true", help="the emulator signs its callbacks (webhook HMAC key)")
     parser.add_argument(
         "--warm", type=int, default=0, help="generations run (and not measured) first, so the model has a history"

@@ -138,9 +138,10 @@ def submit_queue(model: AIModel) -> str | None:
 
 def submit(asset_id: int) -> None:
     """Render and send the request for a QUEUED asset that is due; see rules 1 and 3."""
-    asset = Asset.objects.select_related("ai_model__provider", "parent_asset").filter(pk=asset_id).first()
+    asset = Asset.objects.filter(pk=asset_id).only(*_SUBMIT_FIELDS).first()
     if asset is None:
         return
+    asset.ai_model = current_model(asset.ai_model_id)
     now = timezone.now()
     lease = new_lease()
     if not move(
@@ -367,7 +368,7 @@ def poll_due(*, limit: int | None = None) -> int:
     if not ids:
         return 0
     assets = list(Asset.objects.filter(pk__in=ids, lease_token=lease).only(*_POLL_FIELDS))
-    models = AIModel.objects.select_related("provider").in_bulk({a.ai_model_id for a in assets if a.ai_model_id})
+    models = {model_id: current_model(model_id) for model_id in {a.ai_model_id for a in assets}}
     adapters: dict[int, Any] = {}
     asking = []
     for asset in assets:
@@ -406,7 +407,24 @@ def poll_due(*, limit: int | None = None) -> int:
     return len(assets)
 
 
-# What a poll reads of an asset (lean: no joins, no large fields it does not use).
+# What each step reads of an asset: no joins (the model comes from current_model), no large fields unused.
+_SUBMIT_FIELDS = (
+    "id",
+    "box_id",
+    "stage",
+    "ai_model_id",
+    "parent_asset_id",
+    "prompt_text",
+    "generation_config",
+    "metadata",
+    "callback_token",
+    "external_task_id",
+    "started_at",
+    "deadline_at",
+    "submit_attempts",
+    "unreachable_since",
+)
+_STORE_FIELDS = ("id", "box_id", "stage", "ai_model_id", "deadline_at", "store_failures", "poll_failures_in_a_row")
 _POLL_FIELDS = (
     "id",
     "stage",
@@ -422,6 +440,24 @@ _POLL_FIELDS = (
     "last_error",
     "metadata",
 )
+
+
+_models: dict[int, AIModel] = {}
+
+
+def current_model(model_id: int | None) -> AIModel | None:
+    """The model with its provider, as stored now: a copy kept per process while neither was saved since (one
+    small query checks ``updated_at``), so a hot path does not rebuild their large JSON fields per task."""
+    if model_id is None:
+        return None
+    stamp = AIModel.objects.filter(pk=model_id).values_list("updated_at", "provider__updated_at").first()
+    if stamp is None:
+        _models.pop(model_id, None)
+        return None
+    model = _models.get(model_id)
+    if model is None or (model.updated_at, model.provider.updated_at) != stamp:
+        model = _models[model_id] = AIModel.objects.select_related("provider").get(pk=model_id)
+    return model
 
 
 def _ask_all(queries: list[tuple[Any, AIModel, str]]) -> list[Any]:
@@ -632,9 +668,13 @@ def _begin_store(asset: Asset, result: Succeeded, *, held_by: str | Holder, **re
 
 def store(asset_id: int, lease: str, result_urls: list[str]) -> None:
     """The store task: download a result and save it, if ``lease`` still holds the asset (rule 6)."""
-    asset = Asset.objects.select_related("ai_model__provider").filter(pk=asset_id, lease_token=lease).first()
-    if asset is None or asset.stage != Stage.STORING or asset.ai_model is None:
+    asset = Asset.objects.filter(pk=asset_id, lease_token=lease).only(*_STORE_FIELDS).first()
+    if asset is None or asset.stage != Stage.STORING:
         return  # taken back by the sweeper, or a duplicate delivery of a finished store
+    asset.ai_model = current_model(asset.ai_model_id)
+    if asset.ai_model is None:
+        _fail(asset, "The AI model was deleted while its result was being stored.", held_by=lease)
+        return
     _finish_store(asset, lease, Succeeded(result_urls=result_urls))
 
 

@@ -1,8 +1,11 @@
 """Kie.ai answers read as data: body codes, paths into nested JSON strings, status maps."""
 
+import json
+
 import pytest
 from django.core.exceptions import ValidationError
 
+from apps.ai_providers.contract import Succeeded
 from apps.ai_providers.mapping import ResponseMapping, dig, validate_response_mapping
 from apps.ai_providers.providers.kie.adapter import classify
 from apps.ai_providers.providers.kie.presets import KIE_FAMILIES
@@ -77,3 +80,35 @@ def test_invalid_mappings_are_refused(mapping, message):
         validate_response_mapping(mapping)
 
     assert message in " ".join(info.value.messages)
+
+
+def jobs_adapter(settings: dict):
+    from apps.ai_providers.models import AIModel, AIProvider
+    from apps.ai_providers.providers.kie.adapter import KieAdapter
+
+    provider = AIProvider(name="Kie.ai", kind="kie", base_url="https://api.kie.ai", api_key="k", settings=settings)
+    return KieAdapter(provider), AIModel(provider=provider, response_mapping=KIE_FAMILIES["jobs"]["mapping"])
+
+
+SUCCESS_CALLBACK = json.dumps(
+    {"code": 200, "msg": "ok", "data": {"taskId": "t-1", "state": "success", "resultJson": '{"resultUrls":["u"]}'}}
+).encode()
+
+
+def test_a_signed_callback_carries_the_result():
+    adapter, model = jobs_adapter({"webhook_hmac_key": "key"})
+    assert adapter.callback_result(model, {}, SUCCESS_CALLBACK) == Succeeded(result_urls=["u"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "body"),
+    [
+        ({}, SUCCESS_CALLBACK),  # unsigned: only ever a reason to poll
+        ({"webhook_hmac_key": "key"}, b'{"code": 501, "data": {"taskId": "t-1", "state": "fail", "failMsg": "x"}}'),
+        ({"webhook_hmac_key": "key"}, b'{"code": 200, "data": {"taskId": "t-1", "state": "success"}}'),  # no URLs
+        ({"webhook_hmac_key": "key"}, b"not json"),
+    ],
+)
+def test_a_callback_without_a_signature_or_a_usable_success_carries_no_result(settings, body):
+    adapter, model = jobs_adapter(settings)
+    assert adapter.callback_result(model, {}, body) is None

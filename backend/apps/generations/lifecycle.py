@@ -523,7 +523,7 @@ def _poll_delay(asset: Asset, now: datetime, *, awaits_callback: bool | None = N
     """Seconds until the next poll (rule 4).
 
     Once the model has a history, the first poll comes shortly before its typical provider time (the median
-    of its recent runs; 10 % and a second early, so the estimate, which includes how late the end was seen,
+    of its recent runs; 5 % and a second early, so the estimate, which includes how late the end was seen,
     cannot creep upwards), then the intervals grow again from ``POLL_INTERVAL_MIN``: a task that takes its
     usual time costs two or three polls. Without a history they grow from the start (2, 4, 8, 16 s…). While a
     callback is expected polling is only a safety net: from well after the typical time, and sparse. Growing
@@ -538,7 +538,7 @@ def _poll_delay(asset: Asset, now: datetime, *, awaits_callback: bool | None = N
     else:
         # The mapping's shape is the adapter's business (ComfyUI's has only an output node); this key is shared.
         cap = (asset.ai_model.response_mapping or {}).get("poll_interval_max") or POLL_INTERVAL_MAX
-        first = max(0.9 * typical - 1.0, 0.0) if typical else 0.0
+        first = max(0.95 * typical - 1.0, 0.0) if typical else 0.0
         if age < first:
             return first - age
         delay = min(max(age - first, POLL_INTERVAL_MIN), cap)

@@ -431,6 +431,7 @@ _POLL_FIELDS = (
     "ai_model_id",
     "external_task_id",
     "submitted_at",
+    "due_at",
     "deadline_at",
     "awaits_callback",
     "progress",
@@ -484,7 +485,7 @@ def _write_back_running(answers: list[tuple[Asset, Running]], lease: str, now: d
     if not answers:
         return
     when, fraction = DateTimeField(), FloatField()
-    due = [When(pk=a.pk, then=Value(now + timedelta(seconds=_poll_delay(a, now)), when)) for a, _ in answers]
+    due = [When(pk=a.pk, then=Value(_next_poll_at(a, now), when)) for a, _ in answers]
     progress = [
         When(pk=a.pk, then=Value(r.progress if r.progress is not None else a.progress, fraction)) for a, r in answers
     ]
@@ -498,6 +499,15 @@ def _write_back_running(answers: list[tuple[Asset, Running]], lease: str, now: d
         poll_failures_in_a_row=0,
         last_error="",
     )
+
+
+def _next_poll_at(asset: Asset, now: datetime) -> datetime:
+    """When to poll a running task again: counted from when this poll was due, so that waiting for a tick or a
+    busy worker does not push every later poll further back (and, learnt, inflate the model's typical time);
+    from now if this poll came so late that the next one would already be due."""
+    scheduled = min(asset.due_at or now, now)
+    at = scheduled + timedelta(seconds=_poll_delay(asset, scheduled))
+    return at if at > now else now + timedelta(seconds=_poll_delay(asset, now))
 
 
 def _poll_failed(asset: Asset, lease: str, error: ProviderError) -> None:

@@ -25,20 +25,18 @@ env.read_env(BASE_DIR / ".env")  # optional; real environment variables win
 
 
 def _env_positive_int(name: str, default: int) -> int:
-    try:
-        value = env.int(name, default=default)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {env.str(name)!r}") from exc
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be greater than 0, got {value}")
-    return value
+    return _env_positive(name, default, env.int, "a whole number")
 
 
 def _env_positive_float(name: str, default: float) -> float:
+    return _env_positive(name, default, env.float, "a number")
+
+
+def _env_positive(name, default, read, kind: str):
     try:
-        value = env.float(name, default=default)
+        value = read(name, default=default)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a number, got {env.str(name)!r}") from exc
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {env.str(name)!r}") from exc
     if value <= 0:
         raise ImproperlyConfigured(f"{name} must be greater than 0, got {value}")
     return value

@@ -39,6 +39,8 @@ def test_production_without_secret_key_refuses_to_start():
         ("DEBUG", "maybe"),
         ("GENBOX_UPLOAD_MAX_BYTES", "lots"),
         ("GENBOX_IMAGE_MAX_SIDE", "0"),
+        ("GENBOX_POLL_TICK_SECONDS", "often"),
+        ("GENBOX_POLL_TICK_SECONDS", "-1"),
         ("DATABASE_URL", "nosuchdb://x"),
         ("PUBLIC_BASE_URL", "example.com"),
     ],

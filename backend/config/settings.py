@@ -217,7 +217,7 @@ if USE_S3:
         # worker one part of memory, and a small one no thread pool.
         "transfer_config": TransferConfig(multipart_chunksize=8 * 1024 * 1024, use_threads=False),
     }
-    MEDIA_STORAGE = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_options}
+    MEDIA_STORAGE = {"BACKEND": "apps.assets.storage.S3Storage", "OPTIONS": _s3_options}
 else:
     MEDIA_STORAGE = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

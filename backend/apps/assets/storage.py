@@ -1,7 +1,7 @@
 """Where asset files live: URLs for clients, deletion after commit, and the storage health check.
 
-The storage itself is Django's default storage, chosen in settings: S3 (django-storages) when
-``AWS_STORAGE_BUCKET_NAME`` is set, local files under ``var/media`` otherwise.
+The storage itself is Django's default storage, chosen in settings: S3 (``S3Storage`` below, on django-storages)
+when ``AWS_STORAGE_BUCKET_NAME`` is set, local files under ``var/media`` otherwise.
 """
 
 import logging
@@ -13,8 +13,27 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.signals import setting_changed
 from django.db import transaction
+from storages.backends import s3 as storages_s3
+from storages.utils import clean_name
 
 logger = logging.getLogger(__name__)
+
+
+class S3Storage(storages_s3.S3Storage):
+    """django-storages' S3 storage, except that a file below the multipart threshold (every picture) is saved
+    with one ``PutObject`` on the process's client, instead of a boto3 resource object and a transfer set up
+    for each file: about a millisecond of a worker's CPU per result. Larger files stream in parts as before."""
+
+    def _save(self, name, content):
+        size = getattr(content, "size", None)
+        if self.gzip or size is None or size >= self.transfer_config.multipart_threshold:
+            return super()._save(name, content)
+        cleaned = clean_name(name)
+        key = self._normalize_name(cleaned)
+        content.seek(0)
+        params = self._get_write_parameters(key, content)
+        self.connection.meta.client.put_object(Bucket=self.bucket_name, Key=key, Body=content.read(), **params)
+        return cleaned
 
 
 def file_url(name: str, *, request=None, expire: int | None = None) -> str | None:

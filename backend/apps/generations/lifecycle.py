@@ -71,7 +71,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
 from django.db.models import Case, DateTimeField, F, FloatField, Value, When
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.ai_providers.contract import Failed, ProviderError, Running, Source, SourceUnreachable, Succeeded
@@ -150,11 +149,12 @@ def submit(asset_id: int) -> None:
         Stage.SUBMITTING,
         held_by=FREE,
         due_by=now + _DUE_SLACK,
+        where={"submit_attempts": asset.submit_attempts},  # every claim counts one: nobody claimed it since
         lease_token=lease,
         lease_until=now + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS),
         due_at=None,
-        started_at=Coalesce("started_at", Value(now)),  # the first attempt's time, kept across retries
-        submit_attempts=F("submit_attempts") + 1,
+        started_at=asset.started_at or now,  # the first attempt's time, kept across retries
+        submit_attempts=asset.submit_attempts + 1,
     ):
         return
     model = asset.ai_model
@@ -191,22 +191,27 @@ def submit(asset_id: int) -> None:
 
     now = timezone.now()
     first_poll = now + timedelta(seconds=_poll_delay(asset, now, awaits_callback=submitted.callback_expected))
+    accepted = {
+        "external_task_id": submitted.task_id,
+        "submitted_at": now,
+        "request_payload": redact(body, adapter.secrets() + [asset.callback_token]),
+        "awaits_callback": submitted.callback_expected,
+        "deadline_at": now + timedelta(seconds=model.effective_timeout_seconds),
+        "poll_failures_in_a_row": 0,
+        "last_error": "",
+        "unreachable_since": None,
+    }
+    # The first poll at its usual time, unless the provider called back while this was being sent (the
+    # callback left the task id): then at once.
     if not move(
         asset,
         Stage.SUBMITTING,
         Stage.POLLING,
         held_by=lease,
-        external_task_id=submitted.task_id,
-        submitted_at=now,
-        request_payload=redact(body, adapter.secrets() + [asset.callback_token]),
-        awaits_callback=submitted.callback_expected,
-        # Due now if the provider called back while this was being sent (handle_callback set it).
-        due_at=Coalesce("due_at", Value(first_poll)),
-        deadline_at=now + timedelta(seconds=model.effective_timeout_seconds),
-        poll_failures_in_a_row=0,
-        last_error="",
-        unreachable_since=None,
-    ):
+        where={"external_task_id": ""},
+        due_at=first_poll,
+        **accepted,
+    ) and not move(asset, Stage.SUBMITTING, Stage.POLLING, held_by=lease, due_at=now, **accepted):
         logger.error(
             "asset %s: provider task %s accepted after the submission was given up", asset.pk, submitted.task_id
         )
@@ -615,7 +620,6 @@ def handle_callback(token: str, *, headers: dict[str, str], body: bytes) -> Asse
             lease_token=holder,
             lease_until=asset.lease_until,
             external_task_id=task_id,
-            due_at=timezone.now(),
         ):
             logger.info("asset %s: callback for task %s before its id was saved; kept", asset.pk, task_id)
             return asset

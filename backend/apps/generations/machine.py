@@ -70,6 +70,7 @@ def _update(
     due_by: datetime | None,
     outcome: str | None,
     fields: dict[str, Any],
+    where: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The one conditional UPDATE behind every move: (rows changed, the values written)."""
     if target not in MOVES[source]:
@@ -90,6 +91,8 @@ def _update(
         query = query.filter(lease_token=held_by)
     if due_by is not None:
         query = query.filter(Q(due_at__lte=due_by) | Q(due_at__isnull=True))
+    if where:
+        query = query.filter(**where)
     values = {"lease_token": "", "lease_until": None, **fields, "stage": target, "status": status}
     if target == Stage.DONE:
         values.setdefault("due_at", None)
@@ -104,13 +107,15 @@ def move(
     held_by: str | Holder,
     due_by: datetime | None = None,
     outcome: str | None = None,
+    where: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """Move ``asset`` from stage ``source`` to ``target`` in one conditional UPDATE; True if this call did it.
 
     The row changes only if it is still in ``source``, held as ``held_by`` says (a lease token, or a
-    ``Holder``) and, with ``due_by``, due by then. ``status`` follows from ``target`` (``outcome`` for DONE).
-    The lease is released unless ``fields`` set a new one. On success ``asset`` is updated in memory too, so
+    ``Holder``), with ``due_by`` due by then, and with ``where`` still holding those values (so that values
+    computed from them in Python are exact). ``status`` follows from ``target`` (``outcome`` for DONE). The
+    lease is released unless ``fields`` set a new one. On success ``asset`` is updated in memory too, so
     callers never act on values the database no longer has. Raises ``ValueError`` for a move the machine
     does not allow (a programming error, never a race).
     """
@@ -122,6 +127,7 @@ def move(
         due_by=due_by,
         outcome=outcome,
         fields=fields,
+        where=where,
     )
     if changed != 1:
         return False

@@ -43,13 +43,15 @@ def sent_tasks(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def no_learned_schedule_between_tests():
-    """The learned poll schedule is cached per process; each test starts without it."""
+def nothing_cached_between_tests():
+    """The learned poll schedule and the models are kept per process; each test starts without them."""
     from apps.generations import lifecycle
 
-    lifecycle._typical.clear()
+    for cache in (lifecycle._typical, lifecycle._models):
+        cache.clear()
     yield
-    lifecycle._typical.clear()
+    for cache in (lifecycle._typical, lifecycle._models):
+        cache.clear()
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ class Asset(models.Model):
     last_error = models.TextField(blank=True, help_text="Why the last attempt failed while the generation goes on.")
     callback_token = models.CharField(max_length=64, unique=True, null=True, blank=True)
     awaits_callback = models.BooleanField(
-        default=False, help_text="The provider will call back; polls are a sparse safety net sent by the sweeper."
+        default=False, help_text="The provider will call back; polls are a sparse safety net meanwhile."
     )
     request_payload = models.JSONField(null=True, blank=True, help_text="The rendered request, secrets redacted.")
 

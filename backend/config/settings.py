@@ -249,8 +249,8 @@ GENBOX_SAFETY_POLL_SECONDS = _env_positive_int("GENBOX_SAFETY_POLL_SECONDS", 30)
 GENBOX_RESULT_MAX_BYTES = _env_positive_int("GENBOX_RESULT_MAX_BYTES", 5 * 1024**3)
 GENBOX_RESULT_MAX_SIDE = _env_positive_int("GENBOX_RESULT_MAX_SIDE", 16384)
 GENBOX_SOURCE_URL_EXPIRE = _env_positive_int("GENBOX_SOURCE_URL_EXPIRE", 24 * 3600)
-# Polls: beat sends a poll task this often; each claims up to GENBOX_POLL_BATCH due generations and asks
-# their providers with GENBOX_POLL_CONCURRENCY threads at once.
+# Beat sends a batch task this often; each submits up to GENBOX_POLL_BATCH due generations of asynchronous
+# providers, then polls as many, asking their providers with GENBOX_POLL_CONCURRENCY threads at once.
 GENBOX_POLL_TICK_SECONDS = _env_positive_float("GENBOX_POLL_TICK_SECONDS", 1.0)
 GENBOX_POLL_BATCH = _env_positive_int("GENBOX_POLL_BATCH", 200)
 GENBOX_POLL_CONCURRENCY = _env_positive_int("GENBOX_POLL_CONCURRENCY", 16)
@@ -331,8 +331,8 @@ CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "generation-sweep": {"task": "genbox.generation.sweep", "schedule": float(GENBOX_SWEEP_INTERVAL)},
-    "generation-poll-due": {
-        "task": "genbox.generation.poll_due",
+    "generation-run-due": {
+        "task": "genbox.generation.run_due",
         "schedule": GENBOX_POLL_TICK_SECONDS,
         "options": {"expires": max(5.0, 5 * GENBOX_POLL_TICK_SECONDS)},
     },

@@ -264,13 +264,13 @@ def test_a_generation_past_its_deadline_fails_with_a_timeout(api, box, kie, kie_
 
 
 def test_duplicate_task_deliveries_submit_and_store_once(api, box, kie, kie_emulator, bucket):
-    from apps.generations.tasks import generation_poll_due, generation_submit
+    from apps.generations.tasks import generation_run_due, generation_submit
 
     model = AIModel.objects.get(provider=kie, name="Nano Banana")
     asset_id = generate(api, box, model, unique("cat duplicate")).json()["id"]
     for _ in range(3):
         generation_submit.delay(asset_id)
-        generation_poll_due.delay()
+        generation_run_due.delay()
 
     asset = wait_for(asset_id)
     time.sleep(1)

@@ -25,9 +25,10 @@ The rules:
    Definite refusals worth waiting out (429, maintenance, 5xx, no connection) go back to QUEUED and are
    retried with backoff until the deadline, the last error and the attempts kept on the asset; a server that
    refuses connections for ``GENBOX_UNREACHABLE_SECONDS`` is given up sooner.
-4. No worker waits for a provider, and no poll has a message of its own. After each poll the next one's time
-   is kept in ``due_at``; beat sends ``poll_due`` every ``GENBOX_POLL_TICK_SECONDS``, which claims the due
-   assets in batches and asks their providers concurrently. The intervals learn each model's typical provider
+4. No worker waits for a provider, and neither a poll nor an asynchronous provider's submission has a
+   message of its own: each step's time is kept in ``due_at``, and beat sends ``run_due`` every
+   ``GENBOX_POLL_TICK_SECONDS``, which claims the due submissions and then the due polls in batches (polls
+   asked concurrently). The intervals learn each model's typical provider
    time (``_poll_delay``): the first poll comes shortly before it, then they grow from 2 s; a model without a
    history is polled at 2, 4, 8, 16 s… ``deadline_at`` (the model's timeout) ends it.
 5. A callback (``/api/callbacks/<token>/``) makes the asset due at once, so the next batch reads the
@@ -42,10 +43,10 @@ The rules:
    dimensions and SHA-256 are recorded. A failing storage is not the provider's fault: saving is retried
    with its own backoff (``store_failures``) until the deadline, and never counts toward
    ``GENBOX_POLL_ERROR_LIMIT``; what users read of it names neither the storage endpoint nor the object key.
-7. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-sends submissions whose message was lost
-   (killed worker, flushed broker), fails what is past its deadline, fails submissions whose lease ran out
+7. The sweeper (Celery beat, every ``GENBOX_SWEEP_INTERVAL`` s) re-sends GPU-queue submissions whose message
+   was lost (killed worker, flushed broker), fails what is past its deadline, fails submissions whose lease ran out
    (rule 3) and takes back stores whose lease ran out (polled again first: the URLs were in the lost message).
-   Polls need no repair: a poll batch that dies leaves its assets due, and its lease runs out in 2 minutes.
+   Batches need no repair: one that dies leaves its assets due, free again when its lease runs out.
 8. Synchronous providers (A1111, the Kandinsky service: ``Adapter.synchronous``) answer the request with
    the picture, so rule 4 cannot hold for them: their submissions go to the GPU queue
    (``GENBOX_GPU_QUEUE``), served with one slot per GPU, and the worker waits up to the model's timeout
@@ -70,9 +71,10 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
-from django.db.models import Case, DateTimeField, F, FloatField, Value, When
+from django.db.models import Case, DateTimeField, F, FloatField, Q, Value, When
 from django.utils import timezone
 
+from apps.ai_providers import registry
 from apps.ai_providers.contract import Failed, ProviderError, Running, Source, SourceUnreachable, Succeeded
 from apps.ai_providers.http import Download, download
 from apps.ai_providers.models import AIModel
@@ -107,10 +109,13 @@ SYNC_PROGRESS_SECONDS = 2.0
 
 
 def _enqueue_submit(asset_id: int, model: AIModel | None, countdown: float | None = None) -> None:
-    """Send the submit task: synchronous providers' to the GPU queue, with time limits that fit the model's
-    timeout (the global task limits are far shorter than a generation on a GPU)."""
+    """Send the submit task of a synchronous provider's generation to the GPU queue, with time limits that fit
+    the model's timeout (the global task limits are far shorter than a generation on a GPU). Asynchronous
+    providers' submissions have no message: ``submit_due`` finds them by their due time (rule 4)."""
     from .tasks import generation_submit
 
+    if model is not None and model.provider.kind in asynchronous_kinds():
+        return
     queue = submit_queue(model) if model is not None else None
     limits = {}
     if queue is not None:
@@ -119,6 +124,11 @@ def _enqueue_submit(asset_id: int, model: AIModel | None, countdown: float | Non
             "time_limit": model.effective_timeout_seconds + 90,
         }
     generation_submit.apply_async((asset_id,), queue=queue, countdown=countdown, **limits)
+
+
+def asynchronous_kinds() -> list[str]:
+    """The provider kinds whose submissions and polls the batches do (their adapters never wait)."""
+    return [kind for kind in registry.KINDS if not adapter_class(kind).synchronous]
 
 
 def submit_queue(model: AIModel) -> str | None:
@@ -135,8 +145,26 @@ def submit_queue(model: AIModel) -> str | None:
 # --- Submitting --------------------------------------------------------------------------------------
 
 
-def submit(asset_id: int) -> None:
-    """Render and send the request for a QUEUED asset that is due; see rules 1 and 3."""
+def submit_due(*, limit: int | None = None) -> int:
+    """Submit the QUEUED generations of asynchronous providers that are due, up to ``limit``, one after another
+    (rules 1 and 3); how many were claimed. They are claimed in one statement first, so that a batch running
+    beside this one takes others."""
+    limit = limit or settings.GENBOX_POLL_BATCH
+    lease = new_lease()
+    until = timezone.now() + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS)
+    among = Q(ai_model__provider__kind__in=asynchronous_kinds())
+    ids = claim_due(Stage.QUEUED, limit=limit, lease=lease, lease_until=until, among=among)
+    for asset_id in ids:
+        try:
+            submit(asset_id, claimed_by=lease)
+        except Exception:  # one generation's surprise must not hold back the rest of the batch
+            logger.exception("asset %s: submitting failed unexpectedly", asset_id)
+    return len(ids)
+
+
+def submit(asset_id: int, *, claimed_by: str | None = None) -> None:
+    """Render and send the request for a QUEUED asset that is due, or that a batch claimed (``claimed_by``, its
+    lease); see rules 1 and 3."""
     asset = Asset.objects.filter(pk=asset_id).only(*_SUBMIT_FIELDS).first()
     if asset is None:
         return
@@ -147,8 +175,8 @@ def submit(asset_id: int) -> None:
         asset,
         Stage.QUEUED,
         Stage.SUBMITTING,
-        held_by=FREE,
-        due_by=now + _DUE_SLACK,
+        held_by=claimed_by or FREE,
+        due_by=None if claimed_by else now + _DUE_SLACK,
         where={"submit_attempts": asset.submit_attempts},  # every claim counts one: nobody claimed it since
         lease_token=lease,
         lease_until=now + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS),
@@ -356,6 +384,18 @@ def _submit_failed(asset: Asset, lease: str, error: ProviderError) -> None:
 # --- Following the provider's task -------------------------------------------------------------------
 
 
+def run_due() -> dict[str, int]:
+    """What beat sends every ``GENBOX_POLL_TICK_SECONDS``: the due submissions, then the due polls, a batch of
+    each; while a batch comes back full, the next one is sent at once instead of waiting for the tick."""
+    limit = settings.GENBOX_POLL_BATCH
+    done = {"submitted": submit_due(limit=limit), "polled": poll_due(limit=limit)}
+    if limit in done.values():
+        from .tasks import generation_run_due
+
+        generation_run_due.delay()
+    return done
+
+
 def poll_due(*, limit: int | None = None) -> int:
     """Poll the POLLING assets that are due (rules 1 and 4), up to ``limit``; how many were claimed.
 
@@ -405,11 +445,7 @@ def poll_due(*, limit: int | None = None) -> int:
         else:
             _begin_store(asset, answer, held_by=lease)
     _write_back_running(still_running, lease, now)
-    if len(ids) == limit:  # a backlog: the next batch now, not at the next tick
-        from .tasks import generation_poll_due
-
-        generation_poll_due.delay()
-    return len(assets)
+    return len(ids)
 
 
 # What each step reads of an asset: no joins (the model comes from current_model), no large fields unused.
@@ -841,9 +877,12 @@ def sweep(*, batch: int = 500) -> dict[str, int]:
         )
     for asset in unfinished.filter(stage__in=[Stage.QUEUED, Stage.POLLING], deadline_at__lt=now)[:batch]:
         counts["timed_out"] += _fail_timeout(asset, held_by=FREE)
-    for asset in unfinished.filter(stage=Stage.QUEUED, due_at__lt=overdue)[:batch]:
+    gpu = unfinished.filter(stage=Stage.QUEUED, due_at__lt=overdue).exclude(
+        ai_model__provider__kind__in=asynchronous_kinds()
+    )
+    for asset in gpu[:batch]:
         # Due again from now: a submission waiting its turn in a busy GPU queue is re-sent once per grace
-        # period, not on every sweep.
+        # period, not on every sweep. (Others have no message to lose: submit_due finds them.)
         if move(asset, Stage.QUEUED, Stage.QUEUED, held_by=FREE, due_by=asset.due_at, due_at=now):
             _enqueue_submit(asset.pk, asset.ai_model)
             counts["requeued_submits"] += 1

@@ -155,14 +155,16 @@ def move_many(ids: Iterable[int], source: str, target: str, *, held_by: str | Ho
     return changed
 
 
-def claim_due(stage: str, *, limit: int, lease: str, lease_until: datetime, **fields: Any) -> list[int]:
-    """Take up to ``limit`` free assets in ``stage`` whose due time has come, the longest due first, under
-    ``lease``. Returns the ids it took, except that on a database without row locks (SQLite) a row another
-    claimer took first may be among them: read them back with ``lease_token=lease``. Concurrent claimers skip
-    each other's rows (``FOR UPDATE SKIP LOCKED``), and the UPDATE checks again that each row is free, so
-    every asset goes to one claimer."""
+def claim_due(
+    stage: str, *, limit: int, lease: str, lease_until: datetime, among: Q | None = None, **fields: Any
+) -> list[int]:
+    """Take up to ``limit`` free assets in ``stage`` (and ``among``, if given) whose due time has come, the
+    longest due first, under ``lease``. Returns the ids it took, except that on a database without row locks
+    (SQLite) a row another claimer took first may be among them: read them back with ``lease_token=lease``.
+    Concurrent claimers skip each other's rows (``FOR UPDATE SKIP LOCKED``), and the UPDATE checks again that
+    each row is free, so every asset goes to one claimer."""
     now = timezone.now()
-    due = Asset.objects.filter(_free(now), stage=stage, due_at__lte=now)
+    due = Asset.objects.filter(_free(now), among or Q(), stage=stage, due_at__lte=now)
     with transaction.atomic():
         ids = list(due.order_by("due_at").select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
         if ids:

@@ -150,8 +150,9 @@ def generation_start(
 
 
 def _send_or_leave_to_sweeper(asset_id: int, model: AIModel) -> None:
-    """Send the submit task; with the broker down the generation is saved all the same and the sweeper sends
-    it once the broker is back, so the client gets its 201 (a 500 would make it retry and pay twice)."""
+    """Send the submit task, if the model's submissions have one (the GPU queue's; the batches find the others
+    by their due time). With the broker down the generation is saved all the same and the sweeper sends it
+    once the broker is back, so the client gets its 201 (a 500 would make it retry and pay twice)."""
     try:
         _enqueue_submit(asset_id, model)
     except (KombuError, OSError) as exc:

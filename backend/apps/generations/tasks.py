@@ -11,11 +11,11 @@ def generation_submit(asset_id: int) -> None:
     lifecycle.submit(asset_id)
 
 
-# Sent by beat every GENBOX_POLL_TICK_SECONDS, and again at once while a backlog lasts. A tick that waited
-# longer than a few ticks is dropped: a newer one does the same work.
-@shared_task(name="genbox.generation.poll_due", ignore_result=True)
-def generation_poll_due() -> int:
-    return lifecycle.poll_due()
+# Sent by beat every GENBOX_POLL_TICK_SECONDS, and again at once while a backlog lasts: the due submissions
+# and polls, in batches. A tick that waited longer than a few ticks is dropped: a newer one does the same work.
+@shared_task(name="genbox.generation.run_due", ignore_result=True)
+def generation_run_due() -> dict[str, int]:
+    return lifecycle.run_due()
 
 
 # Streaming a large result into storage may take long: the store lease is its time limit. Sent to

@@ -36,7 +36,7 @@ def sent_tasks(monkeypatch):
 
         return apply_async
 
-    for task in (tasks.generation_submit, tasks.generation_store, tasks.generation_poll_due):
+    for task in (tasks.generation_submit, tasks.generation_store, tasks.generation_run_due):
         monkeypatch.setattr(task, "apply_async", recorder(task))
         monkeypatch.setattr(task, "delay", lambda *args, task=task: sent.append((task.name, args, None)))
     return sent

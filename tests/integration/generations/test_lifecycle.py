@@ -18,7 +18,7 @@ from apps.generations.machine import EXPIRED, FREE, claim_due, move
 from apps.generations.start import generation_start
 
 Stage, Status = Asset.Stage, Asset.Status
-SUBMIT, STORE, POLL_DUE = "genbox.generation.submit", "genbox.generation.store", "genbox.generation.poll_due"
+SUBMIT, STORE, RUN_DUE = "genbox.generation.submit", "genbox.generation.store", "genbox.generation.run_due"
 
 
 def fake_model(kind: str = "fake", *, timeout: int = 900) -> AIModel:
@@ -171,7 +171,7 @@ def test_a_refused_submission_waits_in_the_queue_showing_why_and_how_often(fake_
     assert (asset.stage, asset.status, asset.submit_attempts) == (Stage.QUEUED, Status.PENDING, 1)
     assert asset.last_error == "Fake: maintenance (455)"
     assert asset.error_message == ""
-    assert sent_tasks[-1][:2] == (SUBMIT, (asset.pk,)) and sent_tasks[-1][2] > 0
+    assert asset.due_at > timezone.now() and sent_tasks == []  # the batch takes it again when it is due
 
 
 def test_a_server_that_refuses_connections_is_given_up_after_the_limit_with_the_cause(fake_provider, box, settings):
@@ -362,10 +362,48 @@ def test_a_full_batch_sends_the_next_one_at_once(fake_provider, sent_tasks, box,
     fake_provider.polls.extend([Running()] * 3)
 
     with after(3):
-        assert lifecycle.poll_due() == 2
-        assert sent_tasks == [(POLL_DUE, (), None)]
-        assert lifecycle.poll_due() == 1
-    assert sent_tasks == [(POLL_DUE, (), None)]  # the last batch was not full: the backlog is gone
+        assert lifecycle.run_due() == {"submitted": 0, "polled": 2}
+        assert sent_tasks == [(RUN_DUE, (), None)]
+        assert lifecycle.run_due() == {"submitted": 0, "polled": 1}
+    assert sent_tasks == [(RUN_DUE, (), None)]  # the last batch was not full: the backlog is gone
+
+
+def test_asynchronous_submissions_have_no_message_and_the_batch_submits_them(
+    fake_provider, sent_tasks, box, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        assets = [start(box) for _ in range(3)]
+    fake_provider.submits.extend(Submitted(f"t-{n}") for n in range(3))
+    assert sent_tasks == []  # generation_start sent nothing: the batch finds them by their due time
+
+    assert lifecycle.run_due() == {"submitted": 3, "polled": 0}
+    assert lifecycle.run_due() == {"submitted": 0, "polled": 0}
+
+    stored = Asset.objects.filter(pk__in=[a.pk for a in assets])
+    assert sorted(stored.values_list("external_task_id", flat=True)) == ["t-0", "t-1", "t-2"]
+    assert set(stored.values_list("stage", "submit_attempts")) == {(Stage.POLLING, 1)}
+    assert [call for call, _ in fake_provider.sent] == ["submit"] * 3
+
+
+def test_a_synchronous_providers_submission_still_goes_to_the_gpu_queue(
+    fake_provider, sent_tasks, box, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        asset = start(box, "fake-sync")
+    assert sent_tasks[0][:2] == (SUBMIT, (asset.pk,))
+    assert lifecycle.run_due() == {"submitted": 0, "polled": 0}  # never taken by the batch
+
+
+def test_a_submission_claimed_by_a_batch_that_died_is_taken_again_when_its_lease_ends(fake_provider, box, settings):
+    asset = start(box)
+    until = timezone.now() + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS)
+    assert claim_due(Stage.QUEUED, limit=10, lease="dead batch", lease_until=until) == [asset.pk]
+    fake_provider.submits.append(Submitted("t-1"))
+
+    assert lifecycle.submit_due() == 0
+    with after(settings.GENBOX_SUBMIT_LEASE_SECONDS + 1):
+        assert lifecycle.submit_due() == 1
+    assert (reload(asset).stage, reload(asset).submit_attempts) == (Stage.POLLING, 1)
 
 
 def test_the_schedule_learns_the_models_typical_time_and_polls_first_near_it(fake_provider, box):
@@ -607,7 +645,7 @@ def test_generate_answers_201_when_the_broker_is_down_and_the_sweeper_sends_it_l
             raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         sent.append(args[0])
 
-    model = fake_model()
+    model = fake_model("fake-sync")  # the submissions that have a message: a GPU server's
     monkeypatch.setattr(tasks.generation_submit, "apply_async", apply_async)
     response = api.post(f"/api/boxes/{box.pk}/generate/", {"prompt": "a fox", "ai_model_id": model.pk}, format="json")
 

@@ -461,11 +461,21 @@ _SUBMIT_FIELDS = (
     "callback_token",
     "external_task_id",
     "started_at",
+    "submitted_at",
     "deadline_at",
     "submit_attempts",
     "unreachable_since",
 )
-_STORE_FIELDS = ("id", "box_id", "stage", "ai_model_id", "deadline_at", "store_failures", "poll_failures_in_a_row")
+_STORE_FIELDS = (
+    "id",
+    "box_id",
+    "stage",
+    "ai_model_id",
+    "file",
+    "deadline_at",
+    "store_failures",
+    "poll_failures_in_a_row",
+)
 _POLL_FIELDS = (
     "id",
     "stage",

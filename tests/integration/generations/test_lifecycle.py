@@ -657,3 +657,31 @@ def test_generate_answers_201_when_the_broker_is_down_and_the_sweeper_sends_it_l
     with after(settings.GENBOX_SWEEP_GRACE + 1):
         lifecycle.sweep()
     assert sent == [asset.pk]
+
+
+# --- The hot path's cost --------------------------------------------------------------------------------
+
+
+def test_the_hot_path_reads_no_field_it_did_not_ask_for(
+    fake_provider, sent_tasks, box, result_url, django_assert_num_queries
+):
+    """Each step's queries, counted: a field left out of its ``only()`` would cost one more per generation."""
+    asset = start(box)
+    fake_model()  # the model and its history are read once per process; warm both
+    lifecycle.current_model(asset.ai_model_id)
+    lifecycle.typical_provider_seconds(asset.ai_model)
+    fake_provider.submits.append(Submitted("t-1"))
+    fake_provider.polls.extend([Running(), Succeeded(result_urls=[result_url])])
+
+    # claim (a transaction: select, update) · the asset · the model's stamp · QUEUED→SUBMITTING · first poll
+    with django_assert_num_queries(8):
+        assert lifecycle.submit_due() == 1
+    # claim (a transaction: select, update) · the assets · the model's stamp · the write-back
+    with after(3), django_assert_num_queries(7):
+        lifecycle.poll_due()
+    with after(6):
+        lifecycle.poll_due()
+    # the asset · the model's stamp · STORING→DONE
+    with django_assert_num_queries(3):
+        assert sent_tasks.run_stores() == 1
+    assert reload(asset).status == Status.COMPLETED

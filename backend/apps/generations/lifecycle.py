@@ -466,6 +466,8 @@ _SUBMIT_FIELDS = (
     "submit_attempts",
     "unreachable_since",
 )
+# What a store needs of the provider (its name, and what an adapter reads to download), in the same query.
+_PROVIDER_FIELDS = ("name", "kind", "base_url", "api_key", "settings")
 _STORE_FIELDS = (
     "id",
     "box_id",
@@ -728,10 +730,14 @@ def _begin_store(asset: Asset, result: Succeeded, *, held_by: str | Holder, **re
 
 def store(asset_id: int, lease: str, result_urls: list[str]) -> None:
     """The store task: download a result and save it, if ``lease`` still holds the asset (rule 6)."""
-    asset = Asset.objects.filter(pk=asset_id, lease_token=lease).only(*_STORE_FIELDS).first()
+    asset = (
+        Asset.objects.filter(pk=asset_id, lease_token=lease)
+        .select_related("ai_model__provider")
+        .only(*_STORE_FIELDS, *(f"ai_model__provider__{name}" for name in _PROVIDER_FIELDS))
+        .first()
+    )
     if asset is None or asset.stage != Stage.STORING:
         return  # taken back by the sweeper, or a duplicate delivery of a finished store
-    asset.ai_model = current_model(asset.ai_model_id)
     if asset.ai_model is None:
         _fail(asset, "The AI model was deleted while its result was being stored.", held_by=lease)
         return

@@ -681,7 +681,7 @@ def test_the_hot_path_reads_no_field_it_did_not_ask_for(
         lifecycle.poll_due()
     with after(6):
         lifecycle.poll_due()
-    # the asset · the model's stamp · STORING→DONE
-    with django_assert_num_queries(3):
+    # the asset with its provider · STORING→DONE
+    with django_assert_num_queries(2):
         assert sent_tasks.run_stores() == 1
     assert reload(asset).status == Status.COMPLETED

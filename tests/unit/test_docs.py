@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-READ_CALL = re.compile(r'(?:env\.(?:str|int|float|list|bool|db)|_env_positive_int|_env_positive_float|_env_bool)\(\s*"([A-Z][A-Z0-9_]+)"')
+READ_CALL = re.compile(
+    r'(?:env\.(?:str|int|float|list|bool|db)|_env_positive_int|_env_positive_float|_env_bool)\(\s*"([A-Z][A-Z0-9_]+)"'
+)
 
 
 def test_every_environment_variable_is_documented_in_the_readme():

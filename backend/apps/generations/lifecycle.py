@@ -103,6 +103,8 @@ TYPICAL_RUNS_MIN = 5
 TYPICAL_CACHE = timedelta(seconds=60)
 CALLBACK_POLL_INTERVAL_MAX = 300.0
 SUBMIT_BACKOFF_MAX = 60.0
+# How long one batch keeps submitting before it gives the rest back (each request may take a minute).
+SUBMIT_BATCH_SECONDS = 60.0
 STORE_BACKOFF_MAX = 120.0
 # How often a synchronous generation's progress is read from the provider.
 SYNC_PROGRESS_SECONDS = 2.0
@@ -154,9 +156,16 @@ def submit_due(*, limit: int | None = None) -> int:
     until = timezone.now() + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS)
     among = Q(ai_model__provider__kind__in=asynchronous_kinds())
     ids = claim_due(Stage.QUEUED, limit=limit, lease=lease, lease_until=until, among=among)
-    for asset_id in ids:
+    started = timezone.now()
+    for done, asset_id in enumerate(ids):
+        if (timezone.now() - started).total_seconds() > SUBMIT_BATCH_SECONDS:
+            # A slow provider: give back what this batch has not started, for the next one (or another worker).
+            move_many(ids[done:], Stage.QUEUED, Stage.QUEUED, held_by=lease)
+            return done
         try:
             submit(asset_id, claimed_by=lease)
+        except SoftTimeLimitExceeded:
+            raise  # the task's time is up: the rest go back when this batch's lease ends
         except Exception:  # one generation's surprise must not hold back the rest of the batch
             logger.exception("asset %s: submitting failed unexpectedly", asset_id)
     return len(ids)

@@ -394,6 +394,27 @@ def test_a_synchronous_providers_submission_still_goes_to_the_gpu_queue(
     assert lifecycle.run_due() == {"submitted": 0, "polled": 0}  # never taken by the batch
 
 
+def test_a_batch_out_of_time_gives_back_what_it_did_not_start(fake_provider, box, monkeypatch):
+    assets = [start(box) for _ in range(3)]
+    monkeypatch.setattr(lifecycle, "SUBMIT_BATCH_SECONDS", 30.0)
+    slow = time_machine.travel(timezone.now() + timedelta(seconds=31), tick=False)
+
+    def a_slow_provider(adapter):
+        slow.start()  # the request took 31 s
+        return Submitted("t-slow")
+
+    fake_provider.submits.extend([a_slow_provider, Submitted("t-1"), Submitted("t-2")])
+    try:
+        assert lifecycle.submit_due() == 1
+        stored = list(Asset.objects.filter(pk__in=[a.pk for a in assets]).order_by("pk"))
+        assert [a.stage for a in stored] == [Stage.POLLING, Stage.QUEUED, Stage.QUEUED]
+        assert {(a.lease_token, a.submit_attempts) for a in stored[1:]} == {("", 0)}  # free, never started
+        assert lifecycle.submit_due() == 2  # the next batch takes them
+    finally:
+        slow.stop()
+    assert [call for call, _ in fake_provider.sent] == ["submit"] * 3
+
+
 def test_a_submission_claimed_by_a_batch_that_died_is_taken_again_when_its_lease_ends(fake_provider, box, settings):
     asset = start(box)
     until = timezone.now() + timedelta(seconds=settings.GENBOX_SUBMIT_LEASE_SECONDS)

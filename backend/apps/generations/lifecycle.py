@@ -457,7 +457,8 @@ def poll_due(*, limit: int | None = None) -> int:
     return len(ids)
 
 
-# What each step reads of an asset: no joins (the model comes from current_model), no large fields unused.
+# What each step reads of an asset: no large field it does not use (submit and poll get the model from
+# current_model; the store joins only its provider's fields).
 _SUBMIT_FIELDS = (
     "id",
     "box_id",

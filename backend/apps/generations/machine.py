@@ -67,9 +67,9 @@ def _update(
     target: str,
     *,
     held_by: str | Holder,
-    due_by: datetime | None,
-    outcome: str | None,
     fields: dict[str, Any],
+    due_by: datetime | None = None,
+    outcome: str | None = None,
     where: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The one conditional UPDATE behind every move: (rows changed, the values written)."""
@@ -117,8 +117,12 @@ def move(
     computed from them in Python are exact). ``status`` follows from ``target`` (``outcome`` for DONE). The
     lease is released unless ``fields`` set a new one. On success ``asset`` is updated in memory too, so
     callers never act on values the database no longer has. Raises ``ValueError`` for a move the machine
-    does not allow (a programming error, never a race).
+    does not allow (a programming error, never a race), and ``TypeError`` for a value computed by the database
+    (an ``F()`` expression): the copy in memory could not hold it, so compute it in Python and guard it with
+    ``where``.
     """
+    if any(isinstance(value, Combinable) for value in fields.values()):
+        raise TypeError("move takes values, not database expressions: compute them and guard with where=")
     changed, values = _update(
         Asset.objects.filter(pk=asset.pk),
         source,
@@ -131,27 +135,15 @@ def move(
     )
     if changed != 1:
         return False
-    computed = [name for name, value in values.items() if isinstance(value, Combinable)]
     for name, value in values.items():
-        if name not in computed:
-            setattr(asset, name, value)
-    if computed:
-        asset.refresh_from_db(fields=computed)
+        setattr(asset, name, value)
     return True
 
 
 def move_many(ids: Iterable[int], source: str, target: str, *, held_by: str | Holder, **fields: Any) -> int:
     """``move`` for many assets in one statement (values may differ per row through ``Case``); how many moved.
     Copies in memory are not updated: callers use it only for write-backs they do not read again."""
-    changed, _ = _update(
-        Asset.objects.filter(pk__in=list(ids)),
-        source,
-        target,
-        held_by=held_by,
-        due_by=None,
-        outcome=None,
-        fields=fields,
-    )
+    changed, _ = _update(Asset.objects.filter(pk__in=list(ids)), source, target, held_by=held_by, fields=fields)
     return changed
 
 
@@ -169,12 +161,10 @@ def claim_due(
         ids = list(due.order_by("due_at").select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
         if ids:
             _update(
-                due.filter(pk__in=ids),
+                Asset.objects.filter(pk__in=ids),
                 stage,
                 stage,
                 held_by=FREE,
-                due_by=None,
-                outcome=None,
                 fields={"lease_token": lease, "lease_until": lease_until, **fields},
             )
     return ids
